@@ -1,0 +1,249 @@
+//! `vmhub img`: the disk image toolkit.
+
+use crate::output::{print_check, print_info, print_map, Progress};
+use crate::size::{human, parse_size};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vdisk::ops::compare::{compare, Comparison};
+use vdisk::ops::convert::convert;
+use vdisk::{CreateOptions, Format, ImageType, OpenOptions};
+
+#[derive(Subcommand)]
+pub enum ImgCommand {
+    /// Create an empty disk image.
+    Create {
+        /// The new image.
+        file: PathBuf,
+        /// Size in bytes, or with a K, M, G or T suffix (powers of 1024).
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        #[command(flatten)]
+        out: OutputFormat,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what an image is: format, type, sizes, creator, geometry.
+    Info {
+        /// The image.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Copy an image into a new one of any format, keeping it sparse.
+    Convert {
+        /// The source image (any supported format).
+        input: PathBuf,
+        /// The new image.
+        output: PathBuf,
+        #[command(flatten)]
+        out: OutputFormat,
+        /// Show a progress bar (shown anyway when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check an image's structures: exit 0 when clean, 2 when corrupt, 1 when it cannot be checked.
+    Check {
+        /// The image.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Compare the contents of two images: exit 0 when identical, 1 when different, 2 on error.
+    Compare {
+        /// First image.
+        a: PathBuf,
+        /// Second image.
+        b: PathBuf,
+        /// Images of different sizes differ (by default the larger one's extra part must read as zeros).
+        #[arg(long)]
+        strict: bool,
+        /// Show a progress bar (shown anyway when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+    },
+    /// List the extents of an image: data, zero, or unallocated.
+    Map {
+        /// The image.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// For people.
+    Human,
+    /// For programs.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Vhd,
+    Raw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TypeArg {
+    Dynamic,
+    Fixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Compat {
+    /// Round the size up to an exact CHS geometry, as Virtual PC computes disk sizes.
+    Vpc,
+}
+
+/// Options that say what kind of image to write.
+#[derive(Args)]
+pub struct OutputFormat {
+    /// Image format.
+    #[arg(long, value_enum, default_value = "vhd")]
+    format: FormatArg,
+    /// VHD type.
+    #[arg(long = "type", value_enum, default_value = "dynamic")]
+    kind: TypeArg,
+    /// Block size of a dynamic VHD (a power of two, 512 bytes to 256 MiB).
+    #[arg(long, value_parser = parse_size, default_value = "2M")]
+    block_size: u64,
+    /// Size the disk for an older program's arithmetic.
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
+}
+
+impl OutputFormat {
+    fn options(&self) -> CreateOptions {
+        CreateOptions {
+            format: match self.format {
+                FormatArg::Vhd => Format::Vhd,
+                FormatArg::Raw => Format::Raw,
+            },
+            image_type: match self.kind {
+                TypeArg::Dynamic => ImageType::Dynamic,
+                TypeArg::Fixed => ImageType::Fixed,
+            },
+            block_size: self.block_size,
+            compat_vpc: matches!(self.compat, Some(Compat::Vpc)),
+        }
+    }
+}
+
+fn fail(code: u8, e: anyhow::Error) -> ExitCode {
+    eprintln!("vmhub: error: {e:#}");
+    ExitCode::from(code)
+}
+
+/// Runs an `img` subcommand and returns the process exit code.
+pub fn run(cmd: ImgCommand) -> ExitCode {
+    match cmd {
+        ImgCommand::Check { file, output } => match vdisk::check(&file) {
+            Ok(report) => {
+                print_check(&report, output);
+                ExitCode::from(if report.clean { 0 } else { 2 })
+            }
+            Err(e) => fail(1, anyhow::Error::new(e).context("cannot check the image")),
+        },
+        ImgCommand::Compare {
+            a,
+            b,
+            strict,
+            progress,
+        } => match run_compare(&a, &b, strict, progress) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(2, e),
+        },
+        other => match run_other(other) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
+    }
+}
+
+fn run_compare(a: &Path, b: &Path, strict: bool, progress: bool) -> Result<u8> {
+    let da = vdisk::open(a, OpenOptions::default())?;
+    let db = vdisk::open(b, OpenOptions::default())?;
+    let mut bar = Progress::new(progress, "comparing");
+    let result = compare(da.as_ref(), db.as_ref(), strict, &mut |done, total| {
+        bar.set(done, total)
+    })?;
+    bar.finish();
+    Ok(match result {
+        Comparison::Identical => {
+            println!("Images are identical.");
+            0
+        }
+        Comparison::Differ { offset } => {
+            println!("Content mismatch at offset {offset}!");
+            1
+        }
+        Comparison::SizeMismatch { a: sa, b: sb } => {
+            println!(
+                "Image size mismatch: {} is {sa} bytes, {} is {sb} bytes",
+                a.display(),
+                b.display()
+            );
+            1
+        }
+    })
+}
+
+fn run_other(cmd: ImgCommand) -> Result<()> {
+    match cmd {
+        ImgCommand::Create {
+            file,
+            size,
+            out,
+            force,
+        } => {
+            let opts = out.options();
+            let notes = vdisk::create(&file, size, &opts, force)?;
+            for n in &notes {
+                eprintln!("vmhub: note: {n}");
+            }
+            let disk = vdisk::open(&file, OpenOptions::default())?;
+            let v = disk.virtual_size();
+            println!("Created {} ({}, {} bytes)", file.display(), human(v), v);
+        }
+        ImgCommand::Info { file, output } => {
+            let disk = vdisk::open(&file, OpenOptions::default())?;
+            print_info(&disk.info()?, output)?;
+        }
+        ImgCommand::Convert {
+            input,
+            output,
+            out,
+            progress,
+            force,
+        } => {
+            if !input.exists() {
+                bail!("{}: no such file", input.display());
+            }
+            let src = vdisk::open(&input, OpenOptions::default())?;
+            let mut bar = Progress::new(progress, "converting");
+            let notes = convert(src.as_ref(), &output, &out.options(), force, &mut |d, t| {
+                bar.set(d, t)
+            })
+            .with_context(|| format!("converting {} to {}", input.display(), output.display()))?;
+            bar.finish();
+            for n in &notes {
+                eprintln!("vmhub: note: {n}");
+            }
+        }
+        ImgCommand::Map { file, output } => {
+            let disk = vdisk::open(&file, OpenOptions::default())?;
+            let extents = disk.map(0, disk.virtual_size())?;
+            print_map(&extents, output)?;
+        }
+        ImgCommand::Check { .. } | ImgCommand::Compare { .. } => unreachable!("handled by run"),
+    }
+    Ok(())
+}

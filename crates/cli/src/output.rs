@@ -1,0 +1,134 @@
+//! Printing results for people and programs, and progress bars.
+
+use crate::img::Output;
+use crate::size::human;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::io::IsTerminal;
+use vdisk::ops::check::CheckReport;
+use vdisk::{Extent, ExtentKind, ImageInfo};
+
+/// Prints `img info`.
+pub fn print_info(info: &ImageInfo, output: Output) -> Result<()> {
+    let v = serde_json::to_value(info)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Human => print_value(&v, 0),
+    }
+    Ok(())
+}
+
+fn print_value(v: &Value, indent: usize) {
+    let Value::Object(map) = v else { return };
+    let pad = " ".repeat(indent);
+    for (k, val) in map {
+        match val {
+            Value::Object(_) => {
+                println!("{pad}{k}:");
+                print_value(val, indent + 2);
+            }
+            Value::Array(items) => {
+                println!("{pad}{k}:");
+                for i in items {
+                    println!("{pad}  - {}", scalar(i));
+                }
+            }
+            Value::Number(n) if k.ends_with("size") || k.ends_with("bytes") => match n.as_u64() {
+                Some(b) => println!("{pad}{k}: {} ({b} bytes)", human(b)),
+                None => println!("{pad}{k}: {n}"),
+            },
+            _ => println!("{pad}{k}: {}", scalar(val)),
+        }
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `img check`.
+pub fn print_check(r: &CheckReport, output: Output) {
+    match output {
+        Output::Json => match serde_json::to_string_pretty(r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("vmhub: error: {e}"),
+        },
+        Output::Human => {
+            for p in &r.problems {
+                println!("ERROR {}: {}", p.structure, p.message);
+            }
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            if r.clean {
+                println!("No errors were found on the image.");
+            } else {
+                println!("{} errors were found on the image.", r.problems.len());
+            }
+        }
+    }
+}
+
+/// Prints `img map`.
+pub fn print_map(extents: &[Extent], output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(extents)?),
+        Output::Human => {
+            println!("{:<20}{:<20}Kind", "Offset", "Length");
+            for e in extents {
+                let kind = match e.kind {
+                    ExtentKind::Data => "data",
+                    ExtentKind::Zero => "zero",
+                    ExtentKind::Unallocated => "unallocated",
+                };
+                println!(
+                    "{:<20}{:<20}{kind}",
+                    format!("0x{:x}", e.offset),
+                    format!("0x{:x}", e.length)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, shown when asked for or when stderr is a terminal.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar for `what`; hidden unless `forced` or stderr is a terminal.
+    pub fn new(forced: bool, what: &str) -> Progress {
+        if !(forced || std::io::stderr().is_terminal()) {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Progress { bar: Some(bar) }
+    }
+
+    /// Reports `done` of `total` bytes.
+    pub fn set(&mut self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    /// Ends the bar.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Virtual disks: one [`Disk`] trait, the formats that implement it, and the
+//! operations written once against it (convert, compare, map, check).
+//!
+//! Formats live in their own modules ([`raw`], [`vhd`]); [`open`] sniffs the
+//! format from the file's content, never from its name.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod io;
+pub mod ops;
+pub mod raw;
+pub mod vhd;
+
+pub use error::{Error, Result};
+pub use format::{check, create, open, sniff, CreateOptions, Format, ImageType, OpenOptions};
+
+use serde::Serialize;
+use std::path::Path;
+
+/// Bytes in a sector: the unit every supported format addresses in.
+pub const SECTOR: u64 = 512;
+
+/// How a range of a disk is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtentKind {
+    /// The image stores bytes for this range.
+    Data,
+    /// The range is known to read as zeros, although the image owns space for it
+    /// (a hole in a raw or fixed file).
+    Zero,
+    /// The image holds nothing for this range: it reads as zeros, or from a parent.
+    Unallocated,
+}
+
+/// A run of the virtual disk that is stored one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    /// Offset in the virtual disk, in bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// How it is stored.
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
+}
+
+/// Pushes `e` onto `out`, merging it into the last extent when they touch and
+/// are of the same kind.
+pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    if e.length == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.kind == e.kind && last.end() == e.offset {
+            last.length += e.length;
+            return;
+        }
+    }
+    out.push(e);
+}
+
+/// A virtual disk: a byte-addressed device of fixed size, whatever the file format.
+///
+/// Every tool (convert, compare, map, the NBD server, the chunker) is written once
+/// against this trait.
+pub trait Disk: Send {
+    /// The size of the disk as a guest sees it, in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Fills `buf` with the disk's bytes starting at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Writes `buf` at `offset`. Durable only after [`Disk::flush`].
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Makes every write so far durable, and the image consistent on disk.
+    fn flush(&mut self) -> Result<()>;
+
+    /// Tells the disk that `[offset, offset+len)` may read as zeros from now on.
+    /// The default writes zeros.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        write_zeroes_by_writing(self, offset, len)
+    }
+
+    /// How `[offset, offset+len)` is stored, as ordered extents that cover it exactly.
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+
+    /// A description of the image for `img info`.
+    fn info(&self) -> Result<ImageInfo>;
+
+    /// The image file.
+    fn path(&self) -> &Path;
+}
+
+/// Writes zeros over `[offset, offset+len)` through [`Disk::write_at`], a bounded
+/// buffer at a time.
+pub fn write_zeroes_by_writing<D: Disk + ?Sized>(
+    disk: &mut D,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        disk.write_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Checks that `[offset, offset+len)` lies inside a disk of `size` bytes.
+pub(crate) fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange {
+            path: path.to_path_buf(),
+            offset,
+            len,
+            size,
+        }),
+    }
+}
+
+/// What `img info` shows about an image.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ImageInfo {
+    /// The image file.
+    pub file: String,
+    /// Format name: "raw", "vhd".
+    pub format: &'static str,
+    /// The size a guest sees, in bytes.
+    pub virtual_size: u64,
+    /// The length of the file, in bytes.
+    pub file_size: u64,
+    /// Bytes of the virtual disk that the image stores (allocated blocks).
+    pub allocated_bytes: u64,
+    /// Bytes the host filesystem has allocated for the file.
+    pub host_allocated_bytes: u64,
+    /// VHD-specific details.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub vhd: Option<vhd::VhdInfo>,
+}

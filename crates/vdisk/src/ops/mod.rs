@@ -1,0 +1,5 @@
+//! Operations written once against the [`Disk`](crate::Disk) trait.
+
+pub mod check;
+pub mod compare;
+pub mod convert;

@@ -1,0 +1,624 @@
+//! Microsoft's Virtual Hard Disk format (VHD specification v1.0, 2006): fixed and
+//! dynamic disks.
+//!
+//! On-disk structures are plain structs with `decode`/`encode` ([`footer`],
+//! [`header`], [`bat`]); block arithmetic is pure ([`bat::pieces`]); [`VhdDisk`]
+//! does the file I/O.
+//!
+//! # Crash safety of dynamic writes
+//! A new block is placed where the footer is. Its data and a new footer at the new
+//! end of file are written first; the BAT entry and the block's sector bitmap are
+//! written only by [`Disk::flush`], after an fsync has made the data and the new
+//! footer durable. So at every instant the on-disk BAT references only complete
+//! blocks, and the file ends with a valid footer; a crash before a flush loses only
+//! writes that were never flushed, and leaves at worst unreferenced space.
+
+pub mod bat;
+pub mod check;
+pub mod create;
+pub mod footer;
+pub mod geometry;
+pub mod header;
+pub mod size;
+
+use crate::io::{
+    data_runs, file_len, host_allocated, is_zero, read_exact_at, sync_data, write_all_at,
+};
+use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
+use bat::{pieces, Bat};
+use footer::{DiskType, Footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
+use geometry::Geometry;
+use header::{DynamicHeader, HEADER_SIZE};
+use serde::Serialize;
+use size::SizeSource;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The largest VHD: 2040 GiB (0xff000000 sectors), the limit of Hyper-V and QEMU.
+pub const MAX_SIZE: u64 = 0xff00_0000 * 512;
+
+/// Where the trusted footer was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FooterPlace {
+    /// The last 512 bytes of the file.
+    End,
+    /// The last 511 bytes (very old Virtual PC fixed disks).
+    LegacyEnd,
+    /// The copy at offset 0, because the footer at the end is damaged.
+    Copy,
+}
+
+/// An open VHD.
+pub struct VhdDisk {
+    path: PathBuf,
+    file: File,
+    writable: bool,
+    footer: Footer,
+    footer_place: FooterPlace,
+    virtual_size: u64,
+    size_source: SizeSource,
+    layout: Layout,
+    warnings: Vec<String>,
+}
+
+enum Layout {
+    Fixed,
+    Dynamic(Box<Dynamic>),
+}
+
+struct Dynamic {
+    header: DynamicHeader,
+    bat: Bat,
+    block_size: u64,
+    bitmap_size: u64,
+    /// Where the footer at the end of the file is, and so where the next block goes.
+    footer_pos: u64,
+    /// BAT sectors changed in memory and not yet written.
+    dirty_bat: BTreeSet<usize>,
+    /// Bitmaps of new blocks not yet written (file offsets).
+    pending_bitmaps: Vec<u64>,
+}
+
+/// Reads the trusted footer of a VHD file: the one at the end, else the 511-byte
+/// legacy one, else (dynamic disks) the copy at offset 0.
+pub(crate) fn read_footer(
+    file: &File,
+    path: &Path,
+    len: u64,
+) -> Result<(Footer, FooterPlace, Vec<String>)> {
+    if len < LEGACY_FOOTER_SIZE as u64 {
+        return Err(Error::corrupt(
+            path,
+            format!("file is {len} bytes, too small to hold a VHD footer"),
+        ));
+    }
+    let mut warnings = Vec::new();
+    let mut end_problem = None;
+    if len >= FOOTER_SIZE as u64 {
+        let mut b = [0u8; FOOTER_SIZE];
+        read_exact_at(file, path, &mut b, len - FOOTER_SIZE as u64, "footer")?;
+        if let Some(f) = Footer::decode(&b) {
+            if f.is_valid() && f.problems().is_empty() {
+                return Ok((f, FooterPlace::End, warnings));
+            }
+            if &f.cookie == footer::COOKIE {
+                end_problem = Some(f.problems().join("; "));
+            }
+        }
+    }
+    if end_problem.is_none() {
+        let mut b = [0u8; LEGACY_FOOTER_SIZE];
+        read_exact_at(
+            file,
+            path,
+            &mut b,
+            len - LEGACY_FOOTER_SIZE as u64,
+            "footer",
+        )?;
+        if let Some(f) = Footer::decode(&b) {
+            if &f.cookie == footer::COOKIE {
+                if f.is_valid() && f.problems().is_empty() && f.kind() == Some(DiskType::Fixed) {
+                    return Ok((f, FooterPlace::LegacyEnd, warnings));
+                }
+                end_problem = Some(f.problems().join("; "));
+            }
+        }
+    }
+    let mut b = [0u8; FOOTER_SIZE];
+    if len >= FOOTER_SIZE as u64 {
+        read_exact_at(file, path, &mut b, 0, "footer copy")?;
+    }
+    if let Some(f) = Footer::decode(&b) {
+        if f.is_valid() && f.problems().is_empty() && f.kind() != Some(DiskType::Fixed) {
+            warnings.push(format!(
+                "the footer at the end of the file is {}; using the copy at offset 0 (`vmhub img check --repair` restores it)",
+                end_problem.as_deref().unwrap_or("missing")
+            ));
+            return Ok((f, FooterPlace::Copy, warnings));
+        }
+        if end_problem.is_none() && &f.cookie == footer::COOKIE {
+            return Err(Error::corrupt(
+                path,
+                format!("footer copy at offset 0: {}", f.problems().join("; ")),
+            ));
+        }
+    }
+    Err(Error::corrupt(
+        path,
+        match end_problem {
+            Some(p) => format!("footer at the end of the file: {p}"),
+            None => {
+                "no VHD footer (cookie \"conectix\") at the end of the file or at offset 0".into()
+            }
+        },
+    ))
+}
+
+impl VhdDisk {
+    /// Opens the VHD at `path`.
+    pub fn open(path: &Path, writable: bool) -> Result<VhdDisk> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| Error::io(path, "open", e))?;
+        VhdDisk::from_file(file, path, writable)
+    }
+
+    /// Opens a VHD from an open file; `path` names it in messages.
+    pub fn from_file(file: File, path: &Path, writable: bool) -> Result<VhdDisk> {
+        let len = file_len(&file, path)?;
+        let (footer, footer_place, warnings) = read_footer(&file, path, len)?;
+        let (virtual_size, size_source) = size::virtual_size(&footer);
+        if virtual_size > MAX_SIZE {
+            return Err(Error::unsupported(
+                path,
+                format!("footer: disk size {virtual_size} exceeds the VHD maximum of {MAX_SIZE} bytes (2040 GiB)"),
+            ));
+        }
+        let footer_len = if footer_place == FooterPlace::LegacyEnd {
+            LEGACY_FOOTER_SIZE
+        } else {
+            FOOTER_SIZE
+        } as u64;
+        let layout = match footer.kind() {
+            Some(DiskType::Fixed) => {
+                let data_len = len - footer_len;
+                if data_len < virtual_size {
+                    return Err(Error::corrupt(
+                        path,
+                        format!(
+                            "fixed VHD is truncated: the footer says {virtual_size} bytes of data but the file holds {data_len}"
+                        ),
+                    ));
+                }
+                Layout::Fixed
+            }
+            Some(DiskType::Dynamic) => Layout::Dynamic(Box::new(open_dynamic(
+                &file,
+                path,
+                &footer,
+                len,
+                virtual_size,
+            )?)),
+            Some(DiskType::Differencing) => {
+                return Err(Error::unsupported(
+                    path,
+                    "differencing VHDs are not supported yet",
+                ));
+            }
+            None => {
+                return Err(Error::corrupt(
+                    path,
+                    format!("footer: disk type {} is unknown", footer.disk_type),
+                ))
+            }
+        };
+        if writable && footer.saved_state != 0 {
+            return Err(Error::unsupported(
+                path,
+                "footer: the disk holds a saved state of a suspended machine; writing would corrupt it",
+            ));
+        }
+        Ok(VhdDisk {
+            path: path.to_path_buf(),
+            file,
+            writable,
+            footer,
+            footer_place,
+            virtual_size,
+            size_source,
+            layout,
+            warnings,
+        })
+    }
+
+    /// The footer in use.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// Problems noticed while opening that did not stop it.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    fn dynamic_read(&self, d: &Dynamic, buf: &mut [u8], offset: u64) -> Result<()> {
+        for p in pieces(offset, buf.len() as u64, d.block_size) {
+            let out = &mut buf[p.at as usize..(p.at + p.len) as usize];
+            match d.bat.block_offset(p.block) {
+                None => out.fill(0),
+                Some(b) => read_exact_at(
+                    &self.file,
+                    &self.path,
+                    out,
+                    b + d.bitmap_size + p.within,
+                    &format!("block {} (BAT entry {})", p.block, p.block),
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_dynamic(
+    file: &File,
+    path: &Path,
+    footer: &Footer,
+    len: u64,
+    virtual_size: u64,
+) -> Result<Dynamic> {
+    let ho = footer.data_offset;
+    if ho
+        .checked_add(HEADER_SIZE as u64)
+        .is_none_or(|end| end > len)
+    {
+        return Err(Error::corrupt(
+            path,
+            format!("footer: data offset {ho} puts the dynamic header past the end of the file ({len} bytes)"),
+        ));
+    }
+    let mut hb = vec![0u8; HEADER_SIZE];
+    read_exact_at(file, path, &mut hb, ho, "dynamic header")?;
+    let header = DynamicHeader::decode(&hb)
+        .ok_or_else(|| Error::corrupt(path, "dynamic header: short read"))?;
+    let problems = header.problems();
+    if !problems.is_empty() {
+        return Err(Error::corrupt(
+            path,
+            format!("dynamic header at offset {ho}: {}", problems.join("; ")),
+        ));
+    }
+    let block_size = u64::from(header.block_size);
+    let needed = virtual_size.div_ceil(block_size);
+    let entries = header.max_table_entries;
+    if u64::from(entries) < needed {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "dynamic header: max table entries is {entries}, too few for {virtual_size} bytes in {block_size}-byte blocks (needs {needed})"
+            ),
+        ));
+    }
+    if entries > bat::MAX_ENTRIES {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "dynamic header: max table entries is {entries}, more than the {} supported",
+                bat::MAX_ENTRIES
+            ),
+        ));
+    }
+    let table_len = bat::table_size(entries);
+    let to = header.table_offset;
+    if to.checked_add(table_len).is_none_or(|end| end > len) {
+        return Err(Error::corrupt(
+            path,
+            format!("dynamic header: the BAT ({table_len} bytes at offset {to}) extends past the end of the file ({len} bytes)"),
+        ));
+    }
+    // Bounded: table_len is at most 64 MiB and lies inside the file.
+    let mut tb = vec![0u8; table_len as usize];
+    read_exact_at(file, path, &mut tb, to, "BAT")?;
+    let bat = Bat::decode(&tb, entries).ok_or_else(|| Error::corrupt(path, "BAT: short read"))?;
+    let bitmap_size = header.bitmap_size();
+    let block_span = bitmap_size + block_size;
+    let mut footer_pos = len.saturating_sub(FOOTER_SIZE as u64).div_ceil(512) * 512;
+    footer_pos = footer_pos.max(to + table_len).max(ho + HEADER_SIZE as u64);
+    for (_, off) in bat.allocated() {
+        footer_pos = footer_pos.max(off + block_span);
+    }
+    Ok(Dynamic {
+        header,
+        bat,
+        block_size,
+        bitmap_size,
+        footer_pos,
+        dirty_bat: BTreeSet::new(),
+        pending_bitmaps: Vec::new(),
+    })
+}
+
+impl Dynamic {
+    /// Places block `block` at the end of the file and writes the footer after
+    /// it. The BAT entry and bitmap reach the disk at the next flush.
+    fn allocate(
+        &mut self,
+        file: &File,
+        path: &Path,
+        footer: &[u8; FOOTER_SIZE],
+        block: u64,
+    ) -> Result<u64> {
+        let pos = self.footer_pos;
+        let sector = u32::try_from(pos / 512)
+            .ok()
+            .filter(|&s| s != bat::UNUSED)
+            .ok_or_else(|| {
+                Error::unsupported(
+                    path,
+                    "the file has grown past the 2 TiB a BAT entry can address",
+                )
+            })?;
+        let end = pos + self.bitmap_size + self.block_size;
+        write_all_at(file, path, footer, end)?;
+        let index =
+            usize::try_from(block).map_err(|_| Error::corrupt(path, "block index overflow"))?;
+        let dirty = self
+            .bat
+            .set(index, sector)
+            .ok_or_else(|| Error::corrupt(path, format!("block {block} is past the BAT")))?;
+        self.dirty_bat.insert(dirty);
+        self.pending_bitmaps.push(pos);
+        self.footer_pos = end;
+        Ok(pos + self.bitmap_size)
+    }
+}
+
+impl Disk for VhdDisk {
+    fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(&self.path, offset, buf.len() as u64, self.virtual_size)?;
+        match &self.layout {
+            Layout::Fixed => read_exact_at(&self.file, &self.path, buf, offset, "data"),
+            Layout::Dynamic(d) => self.dynamic_read(d, buf, offset),
+        }
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        check_range(&self.path, offset, buf.len() as u64, self.virtual_size)?;
+        match &mut self.layout {
+            Layout::Fixed => write_all_at(&self.file, &self.path, buf, offset),
+            Layout::Dynamic(d) => {
+                let footer = self.footer.encode();
+                for p in pieces(offset, buf.len() as u64, d.block_size) {
+                    let data = &buf[p.at as usize..(p.at + p.len) as usize];
+                    let base = match d.bat.block_offset(p.block) {
+                        Some(b) => b + d.bitmap_size,
+                        // Zeros in a block with no storage read as zeros already.
+                        None if is_zero(data) => continue,
+                        None => d.allocate(&self.file, &self.path, &footer, p.block)?,
+                    };
+                    write_all_at(&self.file, &self.path, data, base + p.within)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        sync_data(&self.file, &self.path)?;
+        if let Layout::Dynamic(d) = &mut self.layout {
+            if d.pending_bitmaps.is_empty() && d.dirty_bat.is_empty() {
+                return Ok(());
+            }
+            // Dynamic disks read every sector of an allocated block, so the
+            // bitmap is all ones, as QEMU and Hyper-V write it.
+            let ones = vec![0xffu8; d.bitmap_size as usize];
+            for &pos in &d.pending_bitmaps {
+                write_all_at(&self.file, &self.path, &ones, pos)?;
+            }
+            for &s in &d.dirty_bat {
+                let bytes = d.bat.encode_sector(s);
+                write_all_at(
+                    &self.file,
+                    &self.path,
+                    &bytes,
+                    d.header.table_offset + s as u64 * 512,
+                )?;
+            }
+            sync_data(&self.file, &self.path)?;
+            d.pending_bitmaps.clear();
+            d.dirty_bat.clear();
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        check_range(&self.path, offset, len, self.virtual_size)?;
+        match &self.layout {
+            Layout::Fixed => crate::write_zeroes_by_writing(self, offset, len),
+            Layout::Dynamic(d) => {
+                // Unallocated parts already read as zeros; zero the allocated ones.
+                let allocated: Vec<(u64, u64)> = pieces(offset, len, d.block_size)
+                    .filter(|p| d.bat.block_offset(p.block).is_some())
+                    .map(|p| (offset + p.at, p.len))
+                    .collect();
+                for (o, l) in allocated {
+                    crate::write_zeroes_by_writing(self, o, l)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(&self.path, offset, len, self.virtual_size)?;
+        let mut out = Vec::new();
+        match &self.layout {
+            Layout::Fixed => {
+                for (s, e, data) in data_runs(&self.file, offset, offset + len) {
+                    let kind = if data {
+                        ExtentKind::Data
+                    } else {
+                        ExtentKind::Zero
+                    };
+                    push_extent(
+                        &mut out,
+                        Extent {
+                            offset: s,
+                            length: e - s,
+                            kind,
+                        },
+                    );
+                }
+            }
+            Layout::Dynamic(d) => {
+                for p in pieces(offset, len, d.block_size) {
+                    let kind = if d.bat.block_offset(p.block).is_some() {
+                        ExtentKind::Data
+                    } else {
+                        ExtentKind::Unallocated
+                    };
+                    push_extent(
+                        &mut out,
+                        Extent {
+                            offset: offset + p.at,
+                            length: p.len,
+                            kind,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn info(&self) -> Result<ImageInfo> {
+        let f = &self.footer;
+        let (block_size, allocated, bat_entries) = match &self.layout {
+            Layout::Fixed => (None, self.virtual_size, None),
+            Layout::Dynamic(d) => (
+                Some(d.block_size),
+                (d.bat.allocated_count() * d.block_size)
+                    .min(self.virtual_size.next_multiple_of(d.block_size)),
+                Some(d.bat.len()),
+            ),
+        };
+        let secs = u64::from(f.timestamp) + footer::VHD_EPOCH;
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        Ok(ImageInfo {
+            file: self.path.display().to_string(),
+            format: "vhd",
+            virtual_size: self.virtual_size,
+            file_size: file_len(&self.file, &self.path)?,
+            allocated_bytes: allocated,
+            host_allocated_bytes: host_allocated(&self.file, &self.path)?,
+            vhd: Some(VhdInfo {
+                kind: f.kind().map(DiskType::name).unwrap_or("unknown"),
+                block_size,
+                bat_entries,
+                creator: Creator {
+                    app: f.creator_app_text(),
+                    version: format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xffff),
+                    host_os: f.host_os_text(),
+                },
+                geometry: f.geometry,
+                chs_size: f.geometry.size(),
+                current_size: f.current_size,
+                original_size: f.original_size,
+                size_source: self.size_source.clone(),
+                unique_id: f.unique_id_text(),
+                timestamp: humantime::format_rfc3339_seconds(time).to_string(),
+                saved_state: f.saved_state != 0,
+                footer: match self.footer_place {
+                    FooterPlace::End => "end",
+                    FooterPlace::LegacyEnd => "end (511-byte legacy footer)",
+                    FooterPlace::Copy => "copy at offset 0 (footer at end damaged)",
+                },
+                warnings: self.warnings.clone(),
+            }),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for VhdDisk {
+    fn drop(&mut self) {
+        if let Layout::Dynamic(d) = &self.layout {
+            if !d.dirty_bat.is_empty() || !d.pending_bitmaps.is_empty() {
+                // Best effort: a caller who cares about errors flushes first.
+                let _ = self.flush();
+            }
+        }
+    }
+}
+
+/// The creator fields of a footer.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Creator {
+    /// Creator application, four characters.
+    pub app: String,
+    /// Its version, "major.minor".
+    pub version: String,
+    /// Host OS, four characters.
+    pub host_os: String,
+}
+
+/// What `img info` shows of a VHD beyond the common fields.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VhdInfo {
+    /// "fixed", "dynamic" or "differencing".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Block size of a dynamic disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u64>,
+    /// Entries in the BAT of a dynamic disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bat_entries: Option<u32>,
+    /// Who made the image.
+    pub creator: Creator,
+    /// CHS geometry.
+    pub geometry: Geometry,
+    /// Bytes the geometry addresses.
+    pub chs_size: u64,
+    /// The footer's current_size.
+    pub current_size: u64,
+    /// The footer's original_size.
+    pub original_size: u64,
+    /// Which size is the virtual size, and why.
+    pub size_source: SizeSource,
+    /// Unique id.
+    pub unique_id: String,
+    /// Creation time, RFC 3339.
+    pub timestamp: String,
+    /// Whether the disk holds a saved state.
+    pub saved_state: bool,
+    /// Which footer was used.
+    pub footer: &'static str,
+    /// Problems noticed while opening.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
