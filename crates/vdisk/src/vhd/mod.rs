@@ -622,3 +622,6 @@ pub struct VhdInfo {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests;
