@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vdisk::{CreateOptions, Disk, OpenOptions};
+use vdisk::{CreateOptions, OpenOptions};
 
 const SIZE: u64 = 8 << 20;
 const SECTOR: u64 = 512;
