@@ -178,15 +178,15 @@ fn run_compare(a: &Path, b: &Path, strict: bool, progress: bool) -> Result<u8> {
     bar.finish();
     Ok(match result {
         Comparison::Identical => {
-            println!("Images are identical.");
+            out!("Images are identical.");
             0
         }
         Comparison::Differ { offset } => {
-            println!("Content mismatch at offset {offset}!");
+            out!("Content mismatch at offset {offset}!");
             1
         }
         Comparison::SizeMismatch { a: sa, b: sb } => {
-            println!(
+            out!(
                 "Image size mismatch: {} is {sa} bytes, {} is {sb} bytes",
                 a.display(),
                 b.display()
@@ -211,7 +211,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             }
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let v = disk.virtual_size();
-            println!("Created {} ({}, {} bytes)", file.display(), human(v), v);
+            out!("Created {} ({}, {} bytes)", file.display(), human(v), v);
         }
         ImgCommand::Info { file, output } => {
             let disk = vdisk::open(&file, OpenOptions::default())?;

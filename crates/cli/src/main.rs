@@ -2,8 +2,9 @@
 
 #![forbid(unsafe_code)]
 
-mod img;
+#[macro_use]
 mod output;
+mod img;
 mod size;
 
 use clap::{Parser, Subcommand};

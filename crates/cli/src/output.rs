@@ -1,5 +1,26 @@
 //! Printing results for people and programs, and progress bars.
 
+/// Prints a line on stdout. A reader that has gone away (`vmhub … | head`) ends
+/// the program quietly instead of with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout; see [`out!`].
+pub fn write_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|_| o.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("vmhub: error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 use crate::img::Output;
 use crate::size::human;
 use anyhow::Result;
@@ -13,7 +34,7 @@ use vdisk::{Extent, ExtentKind, ImageInfo};
 pub fn print_info(info: &ImageInfo, output: Output) -> Result<()> {
     let v = serde_json::to_value(info)?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Json => out!("{}", serde_json::to_string_pretty(&v)?),
         Output::Human => print_value(&v, 0),
     }
     Ok(())
@@ -25,20 +46,20 @@ fn print_value(v: &Value, indent: usize) {
     for (k, val) in map {
         match val {
             Value::Object(_) => {
-                println!("{pad}{k}:");
+                out!("{pad}{k}:");
                 print_value(val, indent + 2);
             }
             Value::Array(items) => {
-                println!("{pad}{k}:");
+                out!("{pad}{k}:");
                 for i in items {
-                    println!("{pad}  - {}", scalar(i));
+                    out!("{pad}  - {}", scalar(i));
                 }
             }
             Value::Number(n) if k.ends_with("size") || k.ends_with("bytes") => match n.as_u64() {
-                Some(b) => println!("{pad}{k}: {} ({b} bytes)", human(b)),
-                None => println!("{pad}{k}: {n}"),
+                Some(b) => out!("{pad}{k}: {} ({b} bytes)", human(b)),
+                None => out!("{pad}{k}: {n}"),
             },
-            _ => println!("{pad}{k}: {}", scalar(val)),
+            _ => out!("{pad}{k}: {}", scalar(val)),
         }
     }
 }
@@ -54,20 +75,20 @@ fn scalar(v: &Value) -> String {
 pub fn print_check(r: &CheckReport, output: Output) {
     match output {
         Output::Json => match serde_json::to_string_pretty(r) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => out!("{s}"),
             Err(e) => eprintln!("vmhub: error: {e}"),
         },
         Output::Human => {
             for p in &r.problems {
-                println!("ERROR {}: {}", p.structure, p.message);
+                out!("ERROR {}: {}", p.structure, p.message);
             }
             for n in &r.notes {
-                println!("note: {n}");
+                out!("note: {n}");
             }
             if r.clean {
-                println!("No errors were found on the image.");
+                out!("No errors were found on the image.");
             } else {
-                println!("{} errors were found on the image.", r.problems.len());
+                out!("{} errors were found on the image.", r.problems.len());
             }
         }
     }
@@ -76,16 +97,16 @@ pub fn print_check(r: &CheckReport, output: Output) {
 /// Prints `img map`.
 pub fn print_map(extents: &[Extent], output: Output) -> Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(extents)?),
+        Output::Json => out!("{}", serde_json::to_string_pretty(extents)?),
         Output::Human => {
-            println!("{:<20}{:<20}Kind", "Offset", "Length");
+            out!("{:<20}{:<20}Kind", "Offset", "Length");
             for e in extents {
                 let kind = match e.kind {
                     ExtentKind::Data => "data",
                     ExtentKind::Zero => "zero",
                     ExtentKind::Unallocated => "unallocated",
                 };
-                println!(
+                out!(
                     "{:<20}{:<20}{kind}",
                     format!("0x{:x}", e.offset),
                     format!("0x{:x}", e.length)

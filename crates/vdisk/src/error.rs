@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused an operation on a file.
-    #[error("{}: {op}: {source}", path.display())]
+    #[error("{}: {op} failed", path.display())]
     Io {
         /// The file concerned.
         path: PathBuf,

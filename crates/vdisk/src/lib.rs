@@ -72,7 +72,7 @@ pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
 ///
 /// Every tool (convert, compare, map, the NBD server, the chunker) is written once
 /// against this trait.
-pub trait Disk: Send {
+pub trait Disk: Send + Sync {
     /// The size of the disk as a guest sees it, in bytes.
     fn virtual_size(&self) -> u64;
 
@@ -90,6 +90,11 @@ pub trait Disk: Send {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         write_zeroes_by_writing(self, offset, len)
     }
+
+    /// Starts writing what has been written so far to storage, without waiting:
+    /// a hint that lets a long copy overlap its final [`Disk::flush`]. The default
+    /// does nothing.
+    fn start_writeback(&mut self) {}
 
     /// How `[offset, offset+len)` is stored, as ordered extents that cover it exactly.
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;

@@ -1,6 +1,8 @@
 //! Raw images: the file is the disk, byte for byte. Holes in the file read as zeros.
 
-use crate::io::{data_runs, file_len, host_allocated, read_exact_at, sync_data, write_all_at};
+use crate::io::{
+    data_runs, file_len, host_allocated, read_exact_at, sync_data, write_all_at, Dirty,
+};
 use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ pub struct RawDisk {
     file: File,
     size: u64,
     writable: bool,
+    dirty: Dirty,
 }
 
 impl RawDisk {
@@ -32,6 +35,7 @@ impl RawDisk {
             file,
             size,
             writable,
+            dirty: Dirty::default(),
         })
     }
 
@@ -44,6 +48,7 @@ impl RawDisk {
             file,
             size,
             writable: true,
+            dirty: Dirty::default(),
         })
     }
 }
@@ -65,7 +70,12 @@ impl Disk for RawDisk {
             });
         }
         check_range(&self.path, offset, buf.len() as u64, self.size)?;
+        self.dirty.add(offset, buf.len() as u64);
         write_all_at(&self.file, &self.path, buf, offset)
+    }
+
+    fn start_writeback(&mut self) {
+        self.dirty.start_writeback(&self.file);
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -9,21 +9,75 @@ use crate::format::{create_in, refuse_existing, CreateOptions};
 use crate::io::{is_zero, AtomicFile};
 use crate::{Disk, Error, ExtentKind, Result};
 use std::path::Path;
+use std::sync::mpsc;
 
 /// Bytes read from the source at a time.
 const CHUNK: u64 = 4 << 20;
 /// Granularity of zero detection (the host filesystem's block size).
 const GRANULE: usize = 4096;
 
+/// Bytes written between two writeback hints.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Buffers in flight between the reader and the writer.
+const DEPTH: usize = 4;
+
+/// A piece of the source, read and scanned, on its way to the writer.
+struct Chunk {
+    offset: u64,
+    buf: Vec<u8>,
+    /// Runs of `buf[..len]` that hold something other than zeros.
+    runs: Vec<(usize, usize)>,
+    /// Progress once this chunk is written.
+    done: u64,
+}
+
 /// Copies every byte of `src` that is not zero into `dst` (which must read as
 /// zeros everywhere, as a new image does). `progress` gets (bytes done, total).
+///
+/// A reader thread reads and scans for zeros while this thread writes, so that
+/// reading and writing (both mostly memory copies in the kernel) overlap.
 pub fn copy_data(
     src: &dyn Disk,
     dst: &mut dyn Disk,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let size = src.virtual_size();
-    let mut buf = vec![0u8; CHUNK as usize];
+    let (tx, rx) = mpsc::sync_channel::<Result<Chunk>>(DEPTH);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Err(e) = read_chunks(src, &tx, &recycle_rx) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut since_writeback = 0u64;
+        for chunk in rx {
+            let chunk = chunk?;
+            for &(s, e) in &chunk.runs {
+                dst.write_at(&chunk.buf[s..e], chunk.offset + s as u64)?;
+                since_writeback += (e - s) as u64;
+            }
+            if since_writeback >= WRITEBACK_EVERY {
+                dst.start_writeback();
+                since_writeback = 0;
+            }
+            progress(chunk.done, size);
+            if !chunk.buf.is_empty() {
+                // The reader may have finished; then the buffer is simply freed.
+                let _ = recycle_tx.send(chunk.buf);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The reader side of [`copy_data`]. Stops quietly when the writer has gone.
+fn read_chunks(
+    src: &dyn Disk,
+    tx: &mpsc::SyncSender<Result<Chunk>>,
+    recycle: &mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
+    let size = src.virtual_size();
     let mut pos = 0;
     while pos < size {
         // Map a bounded window at a time so that a huge, fragmented disk never
@@ -31,18 +85,37 @@ pub fn copy_data(
         let window = (64 * CHUNK).min(size - pos);
         for e in src.map(pos, window)? {
             if e.kind != ExtentKind::Data {
-                progress(e.end(), size);
+                let empty = Chunk {
+                    offset: e.offset,
+                    buf: Vec::new(),
+                    runs: Vec::new(),
+                    done: e.end(),
+                };
+                if tx.send(Ok(empty)).is_err() {
+                    return Ok(());
+                }
                 continue;
             }
             let mut off = e.offset;
             while off < e.end() {
                 // Keep reads aligned to CHUNK so that writes cover whole blocks.
-                let n = (CHUNK - off % CHUNK).min(e.end() - off);
-                let b = &mut buf[..n as usize];
-                src.read_at(b, off)?;
-                write_nonzero(dst, b, off)?;
-                off += n;
-                progress(off, size);
+                let n = (CHUNK - off % CHUNK).min(e.end() - off) as usize;
+                let mut buf = match recycle.try_recv() {
+                    Ok(b) if b.len() == CHUNK as usize => b,
+                    _ => vec![0u8; CHUNK as usize],
+                };
+                src.read_at(&mut buf[..n], off)?;
+                let runs = nonzero_runs(&buf[..n]);
+                let chunk = Chunk {
+                    offset: off,
+                    buf,
+                    runs,
+                    done: off + n as u64,
+                };
+                if tx.send(Ok(chunk)).is_err() {
+                    return Ok(());
+                }
+                off += n as u64;
             }
         }
         pos += window;
@@ -50,17 +123,17 @@ pub fn copy_data(
     Ok(())
 }
 
-/// Writes the runs of `buf` that are not zero, at `offset`.
-fn write_nonzero(dst: &mut dyn Disk, buf: &[u8], offset: u64) -> Result<()> {
+/// The runs of `buf` that are not zero, found a granule at a time.
+fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
     let mut run_start: Option<usize> = None;
     let mut i = 0;
     while i < buf.len() {
         let end = (i + GRANULE).min(buf.len());
-        let zero = is_zero(&buf[i..end]);
-        match (zero, run_start) {
+        match (is_zero(&buf[i..end]), run_start) {
             (false, None) => run_start = Some(i),
             (true, Some(s)) => {
-                dst.write_at(&buf[s..i], offset + s as u64)?;
+                runs.push((s, i));
                 run_start = None;
             }
             _ => {}
@@ -68,9 +141,9 @@ fn write_nonzero(dst: &mut dyn Disk, buf: &[u8], offset: u64) -> Result<()> {
         i = end;
     }
     if let Some(s) = run_start {
-        dst.write_at(&buf[s..], offset + s as u64)?;
+        runs.push((s, buf.len()));
     }
-    Ok(())
+    runs
 }
 
 /// Converts `src` into a new image at `dest`. Existing files are replaced only
@@ -104,4 +177,22 @@ pub fn convert(
     drop(dst);
     tmp.commit(&file)?;
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_zero_granules() {
+        let mut b = vec![0u8; GRANULE * 5 + 100];
+        b[GRANULE + 7] = 1;
+        b[GRANULE * 2] = 1;
+        b[GRANULE * 5 + 99] = 1;
+        assert_eq!(
+            nonzero_runs(&b),
+            vec![(GRANULE, GRANULE * 3), (GRANULE * 5, GRANULE * 5 + 100)]
+        );
+        assert!(nonzero_runs(&[0u8; 100]).is_empty());
+    }
 }

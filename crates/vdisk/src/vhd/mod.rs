@@ -22,7 +22,7 @@ pub mod header;
 pub mod size;
 
 use crate::io::{
-    data_runs, file_len, host_allocated, is_zero, read_exact_at, sync_data, write_all_at,
+    data_runs, file_len, host_allocated, is_zero, read_exact_at, sync_data, write_all_at, Dirty,
 };
 use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
 use bat::{pieces, Bat};
@@ -60,6 +60,8 @@ pub struct VhdDisk {
     size_source: SizeSource,
     layout: Layout,
     warnings: Vec<String>,
+    /// File range written since the last writeback hint.
+    dirty: Dirty,
 }
 
 enum Layout {
@@ -231,6 +233,7 @@ impl VhdDisk {
             size_source,
             layout,
             warnings,
+            dirty: Dirty::default(),
         })
     }
 
@@ -396,7 +399,10 @@ impl Disk for VhdDisk {
         }
         check_range(&self.path, offset, buf.len() as u64, self.virtual_size)?;
         match &mut self.layout {
-            Layout::Fixed => write_all_at(&self.file, &self.path, buf, offset),
+            Layout::Fixed => {
+                self.dirty.add(offset, buf.len() as u64);
+                write_all_at(&self.file, &self.path, buf, offset)
+            }
             Layout::Dynamic(d) => {
                 let footer = self.footer.encode();
                 for p in pieces(offset, buf.len() as u64, d.block_size) {
@@ -407,6 +413,7 @@ impl Disk for VhdDisk {
                         None if is_zero(data) => continue,
                         None => d.allocate(&self.file, &self.path, &footer, p.block)?,
                     };
+                    self.dirty.add(base + p.within, p.len);
                     write_all_at(&self.file, &self.path, data, base + p.within)?;
                 }
                 Ok(())
@@ -443,6 +450,10 @@ impl Disk for VhdDisk {
             d.dirty_bat.clear();
         }
         Ok(())
+    }
+
+    fn start_writeback(&mut self) {
+        self.dirty.start_writeback(&self.file);
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -516,8 +527,15 @@ impl Disk for VhdDisk {
             Layout::Fixed => (None, self.virtual_size, None),
             Layout::Dynamic(d) => (
                 Some(d.block_size),
-                (d.bat.allocated_count() * d.block_size)
-                    .min(self.virtual_size.next_multiple_of(d.block_size)),
+                d.bat
+                    .allocated()
+                    .map(|(i, _)| {
+                        d.block_size.min(
+                            self.virtual_size
+                                .saturating_sub(i.saturating_mul(d.block_size)),
+                        )
+                    })
+                    .sum(),
                 Some(d.bat.len()),
             ),
         };
