@@ -45,6 +45,7 @@ fn print_value(v: &Value, indent: usize) {
     let pad = " ".repeat(indent);
     for (k, val) in map {
         match val {
+            Value::Null => {}
             Value::Object(_) => {
                 out!("{pad}{k}:");
                 print_value(val, indent + 2);

@@ -190,7 +190,10 @@ fn check_dynamic(
         (_, c) => {
             let why = match c {
                 Some(c) if &c.cookie == super::footer::COOKIE => c.problems().join("; "),
-                Some(c) => format!("{} (a dynamic disk starts with a copy of its footer)", c.problems().join("; ")),
+                Some(c) => format!(
+                    "{} (a dynamic disk starts with a copy of its footer)",
+                    c.problems().join("; ")
+                ),
                 None => "missing (a dynamic disk starts with a copy of its footer)".into(),
             };
             r.problem("footer copy", format!("footer copy at offset 0: {why}"));

@@ -610,8 +610,7 @@ pub struct VhdInfo {
     /// "fixed", "dynamic" or "differencing".
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Block size of a dynamic disk.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Block size of a dynamic disk; `null` for a fixed one.
     pub block_size: Option<u64>,
     /// Entries in the BAT of a dynamic disk.
     #[serde(skip_serializing_if = "Option::is_none")]
