@@ -136,7 +136,7 @@ pub fn check_file(file: &File, path: &Path) -> Result<CheckReport> {
                     "file size",
                     format!(
                         "a fixed disk of {vsize} bytes needs {} bytes of file, the file has {len}",
-                        vsize + footer_len
+                        vsize.saturating_add(footer_len)
                     ),
                 );
             } else if data_len > vsize.max(footer.current_size) {
