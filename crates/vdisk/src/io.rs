@@ -63,39 +63,11 @@ pub fn sync_data(file: &File, path: &Path) -> Result<()> {
     file.sync_data().map_err(|e| Error::io(path, "fsync", e))
 }
 
-/// Asks the kernel to start writing `[lo, hi)` of `file` to storage now, without
-/// waiting, so that a long copy overlaps its final fsync instead of paying for it
-/// at the end. Clean pages of the range also leave the page cache, which keeps a
-/// big copy from evicting everything else. A hint: failure changes nothing.
-pub fn start_writeback(file: &File, lo: u64, hi: u64) {
-    if let Some(len) = std::num::NonZeroU64::new(hi.saturating_sub(lo)) {
-        let _ = rustix::fs::fadvise(file, lo, Some(len), rustix::fs::Advice::DontNeed);
-    }
-}
-
-/// Byte range of a file written since the last writeback hint.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Dirty {
-    lo: u64,
-    hi: u64,
-}
-
-impl Dirty {
-    /// Records a write of `len` bytes at `offset`.
-    pub fn add(&mut self, offset: u64, len: u64) {
-        if self.hi == self.lo {
-            self.lo = offset;
-            self.hi = offset + len;
-        } else {
-            self.lo = self.lo.min(offset);
-            self.hi = self.hi.max(offset + len);
-        }
-    }
-
-    /// Starts writeback of the recorded range and forgets it.
-    pub fn start_writeback(&mut self, file: &File) {
-        start_writeback(file, self.lo, self.hi);
-        *self = Dirty::default();
+/// Asks the kernel to read `[offset, offset+len)` of `file` into the page cache
+/// in the background. A hint: failure changes nothing.
+pub fn prefetch(file: &File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::WillNeed);
     }
 }
 

@@ -91,10 +91,11 @@ pub trait Disk: Send + Sync {
         write_zeroes_by_writing(self, offset, len)
     }
 
-    /// Starts writing what has been written so far to storage, without waiting:
-    /// a hint that lets a long copy overlap its final [`Disk::flush`]. The default
-    /// does nothing.
-    fn start_writeback(&mut self) {}
+    /// Hints that `[offset, offset+len)` will be read soon, so that storage can
+    /// start reading it now. The default does nothing.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 
     /// How `[offset, offset+len)` is stored, as ordered extents that cover it exactly.
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;

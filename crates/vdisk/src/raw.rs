@@ -1,7 +1,7 @@
 //! Raw images: the file is the disk, byte for byte. Holes in the file read as zeros.
 
 use crate::io::{
-    data_runs, file_len, host_allocated, read_exact_at, sync_data, write_all_at, Dirty,
+    data_runs, file_len, host_allocated, prefetch, read_exact_at, sync_data, write_all_at,
 };
 use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
 use std::fs::File;
@@ -13,7 +13,6 @@ pub struct RawDisk {
     file: File,
     size: u64,
     writable: bool,
-    dirty: Dirty,
 }
 
 impl RawDisk {
@@ -35,7 +34,6 @@ impl RawDisk {
             file,
             size,
             writable,
-            dirty: Dirty::default(),
         })
     }
 
@@ -48,7 +46,6 @@ impl RawDisk {
             file,
             size,
             writable: true,
-            dirty: Dirty::default(),
         })
     }
 }
@@ -70,12 +67,11 @@ impl Disk for RawDisk {
             });
         }
         check_range(&self.path, offset, buf.len() as u64, self.size)?;
-        self.dirty.add(offset, buf.len() as u64);
         write_all_at(&self.file, &self.path, buf, offset)
     }
 
-    fn start_writeback(&mut self) {
-        self.dirty.start_writeback(&self.file);
+    fn prefetch(&self, offset: u64, len: u64) {
+        prefetch(&self.file, offset, len);
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -162,11 +162,12 @@ fn legacy_footer_is_used_and_noted() {
     );
 }
 
+/// Writes the corpus as fuzzing seeds into `$VMHUB_WRITE_CORPUS`.
 #[test]
-fn write_corpus_when_asked() {
-    let Some(dir) = std::env::var_os("VMHUB_WRITE_CORPUS") else {
-        return;
-    };
+#[ignore = "writes the fuzz seed corpus; scripts/fuzz.sh runs it"]
+fn write_corpus() {
+    let dir = std::env::var_os("VMHUB_WRITE_CORPUS")
+        .expect("VMHUB_WRITE_CORPUS names the corpus directory");
     std::fs::create_dir_all(&dir).unwrap();
     for case in corpus::cases() {
         let path = Path::new(&dir).join(format!("{}.vhd", case.name));

@@ -16,7 +16,7 @@ const CHUNK: u64 = 4 << 20;
 /// Granularity of zero detection (the host filesystem's block size).
 const GRANULE: usize = 4096;
 
-/// Bytes written between two writeback hints.
+/// Bytes written between two background syncs of a conversion's output.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 /// Buffers in flight between the reader and the writer.
 const DEPTH: usize = 4;
@@ -33,13 +33,23 @@ struct Chunk {
 
 /// Copies every byte of `src` that is not zero into `dst` (which must read as
 /// zeros everywhere, as a new image does). `progress` gets (bytes done, total).
-///
-/// A reader thread reads and scans for zeros while this thread writes, so that
-/// reading and writing (both mostly memory copies in the kernel) overlap.
 pub fn copy_data(
     src: &dyn Disk,
     dst: &mut dyn Disk,
     progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    copy_data_with(src, dst, progress, &mut || {})
+}
+
+/// [`copy_data`], calling `written` after every [`WRITEBACK_EVERY`] bytes written.
+///
+/// A reader thread reads and scans for zeros while this thread writes, so that
+/// reading and writing (both mostly memory copies in the kernel) overlap.
+fn copy_data_with(
+    src: &dyn Disk,
+    dst: &mut dyn Disk,
+    progress: &mut dyn FnMut(u64, u64),
+    written: &mut dyn FnMut(),
 ) -> Result<()> {
     let size = src.virtual_size();
     let (tx, rx) = mpsc::sync_channel::<Result<Chunk>>(DEPTH);
@@ -50,16 +60,16 @@ pub fn copy_data(
                 let _ = tx.send(Err(e));
             }
         });
-        let mut since_writeback = 0u64;
+        let mut since = 0u64;
         for chunk in rx {
             let chunk = chunk?;
             for &(s, e) in &chunk.runs {
                 dst.write_at(&chunk.buf[s..e], chunk.offset + s as u64)?;
-                since_writeback += (e - s) as u64;
+                since += (e - s) as u64;
             }
-            if since_writeback >= WRITEBACK_EVERY {
-                dst.start_writeback();
-                since_writeback = 0;
+            if since >= WRITEBACK_EVERY {
+                written();
+                since = 0;
             }
             progress(chunk.done, size);
             if !chunk.buf.is_empty() {
@@ -83,7 +93,12 @@ fn read_chunks(
         // Map a bounded window at a time so that a huge, fragmented disk never
         // needs its whole map in memory.
         let window = (64 * CHUNK).min(size - pos);
-        for e in src.map(pos, window)? {
+        let extents = src.map(pos, window)?;
+        // Let storage fetch the window's data while the first chunks are copied.
+        for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+            src.prefetch(e.offset, e.length);
+        }
+        for e in extents {
             if e.kind != ExtentKind::Data {
                 let empty = Chunk {
                     offset: e.offset,
@@ -171,8 +186,28 @@ pub fn convert(
     let handle = file
         .try_clone()
         .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;
+    let syncer = file
+        .try_clone()
+        .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;
     let (mut dst, notes) = create_in(handle, dest, src.virtual_size(), opts)?;
-    copy_data(src, dst.as_mut(), progress)?;
+    // The output must be durable before it is renamed into place. Syncing it
+    // a slice at a time in the background overlaps the writes to storage with
+    // the copy, instead of waiting for all of them at the end.
+    let (kick, kicks) = mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for () in kicks {
+                // Only an early start: the final flush reports any error.
+                let _ = syncer.sync_data();
+            }
+        });
+        let copied = copy_data_with(src, dst.as_mut(), progress, &mut || {
+            // A sync already queued covers these writes too.
+            let _ = kick.try_send(());
+        });
+        drop(kick);
+        copied
+    })?;
     dst.flush()?;
     drop(dst);
     tmp.commit(&file)?;

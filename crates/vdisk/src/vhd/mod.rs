@@ -22,7 +22,7 @@ pub mod header;
 pub mod size;
 
 use crate::io::{
-    data_runs, file_len, host_allocated, is_zero, read_exact_at, sync_data, write_all_at, Dirty,
+    data_runs, file_len, host_allocated, is_zero, prefetch, read_exact_at, sync_data, write_all_at,
 };
 use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
 use bat::{pieces, Bat};
@@ -60,8 +60,6 @@ pub struct VhdDisk {
     size_source: SizeSource,
     layout: Layout,
     warnings: Vec<String>,
-    /// File range written since the last writeback hint.
-    dirty: Dirty,
 }
 
 enum Layout {
@@ -233,7 +231,6 @@ impl VhdDisk {
             size_source,
             layout,
             warnings,
-            dirty: Dirty::default(),
         })
     }
 
@@ -399,10 +396,7 @@ impl Disk for VhdDisk {
         }
         check_range(&self.path, offset, buf.len() as u64, self.virtual_size)?;
         match &mut self.layout {
-            Layout::Fixed => {
-                self.dirty.add(offset, buf.len() as u64);
-                write_all_at(&self.file, &self.path, buf, offset)
-            }
+            Layout::Fixed => write_all_at(&self.file, &self.path, buf, offset),
             Layout::Dynamic(d) => {
                 let footer = self.footer.encode();
                 for p in pieces(offset, buf.len() as u64, d.block_size) {
@@ -413,7 +407,6 @@ impl Disk for VhdDisk {
                         None if is_zero(data) => continue,
                         None => d.allocate(&self.file, &self.path, &footer, p.block)?,
                     };
-                    self.dirty.add(base + p.within, p.len);
                     write_all_at(&self.file, &self.path, data, base + p.within)?;
                 }
                 Ok(())
@@ -452,8 +445,20 @@ impl Disk for VhdDisk {
         Ok(())
     }
 
-    fn start_writeback(&mut self) {
-        self.dirty.start_writeback(&self.file);
+    fn prefetch(&self, offset: u64, len: u64) {
+        if check_range(&self.path, offset, len, self.virtual_size).is_err() {
+            return;
+        }
+        match &self.layout {
+            Layout::Fixed => prefetch(&self.file, offset, len),
+            Layout::Dynamic(d) => {
+                for p in pieces(offset, len, d.block_size) {
+                    if let Some(b) = d.bat.block_offset(p.block) {
+                        prefetch(&self.file, b + d.bitmap_size + p.within, p.len);
+                    }
+                }
+            }
+        }
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -501,12 +506,44 @@ impl Disk for VhdDisk {
                 }
             }
             Layout::Dynamic(d) => {
+                let file_size = file_len(&self.file, &self.path)?;
                 for p in pieces(offset, len, d.block_size) {
-                    let kind = if d.bat.block_offset(p.block).is_some() {
-                        ExtentKind::Data
-                    } else {
-                        ExtentKind::Unallocated
-                    };
+                    let guest = offset + p.at;
+                    if let Some(b) = d.bat.block_offset(p.block) {
+                        // Holes inside a block's data in the host file read as
+                        // zeros: saying so spares readers of sparse VHDs from
+                        // reading them.
+                        let start = b + d.bitmap_size + p.within;
+                        if start + p.len > file_size {
+                            // Past the end of the file: reading it reports the damage.
+                            push_extent(
+                                &mut out,
+                                Extent {
+                                    offset: guest,
+                                    length: p.len,
+                                    kind: ExtentKind::Data,
+                                },
+                            );
+                            continue;
+                        }
+                        for (s, e, data) in data_runs(&self.file, start, start + p.len) {
+                            let kind = if data {
+                                ExtentKind::Data
+                            } else {
+                                ExtentKind::Zero
+                            };
+                            push_extent(
+                                &mut out,
+                                Extent {
+                                    offset: guest + (s - start),
+                                    length: e - s,
+                                    kind,
+                                },
+                            );
+                        }
+                        continue;
+                    }
+                    let kind = ExtentKind::Unallocated;
                     push_extent(
                         &mut out,
                         Extent {
