@@ -237,9 +237,10 @@ fn assert_dynamic_allocates_only_data(vhd: &Path, src: &Source) {
         vhd.display()
     );
     let info = vmhub_info(vhd);
+    // Allocated blocks may hold host holes, which map shows as zero.
     let mapped: u64 = map
         .iter()
-        .filter(|e| e.kind == "data")
+        .filter(|e| e.kind != "unallocated")
         .map(|e| e.length)
         .sum();
     assert_eq!(

@@ -105,7 +105,8 @@ pub fn sniff_file(file: &File, path: &Path) -> Result<Format> {
     Ok(Format::Raw)
 }
 
-fn open_file(path: &Path, writable: bool) -> Result<File> {
+/// Opens `path` for reading, and for writing when `writable`.
+pub(crate) fn open_file(path: &Path, writable: bool) -> Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(writable)

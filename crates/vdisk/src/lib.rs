@@ -107,6 +107,32 @@ pub trait Disk: Send + Sync {
     fn path(&self) -> &Path;
 }
 
+/// Pushes the extents of the file range `[file_offset, file_offset+len)` onto
+/// `out`, as data or (holes) zero, placed at `guest_offset` in the disk.
+pub(crate) fn push_file_extents(
+    out: &mut Vec<Extent>,
+    file: &std::fs::File,
+    file_offset: u64,
+    len: u64,
+    guest_offset: u64,
+) {
+    for (s, e, data) in io::data_runs(file, file_offset, file_offset + len) {
+        let kind = if data {
+            ExtentKind::Data
+        } else {
+            ExtentKind::Zero
+        };
+        push_extent(
+            out,
+            Extent {
+                offset: guest_offset + (s - file_offset),
+                length: e - s,
+                kind,
+            },
+        );
+    }
+}
+
 /// Writes zeros over `[offset, offset+len)` through [`Disk::write_at`], a bounded
 /// buffer at a time.
 pub fn write_zeroes_by_writing<D: Disk + ?Sized>(

@@ -1,9 +1,7 @@
 //! Raw images: the file is the disk, byte for byte. Holes in the file read as zeros.
 
-use crate::io::{
-    data_runs, file_len, host_allocated, prefetch, read_exact_at, sync_data, write_all_at,
-};
-use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
+use crate::io::{file_len, host_allocated, prefetch, read_exact_at, sync_data, write_all_at};
+use crate::{check_range, push_file_extents, Disk, Error, Extent, ImageInfo, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -18,12 +16,7 @@ pub struct RawDisk {
 impl RawDisk {
     /// Opens the raw image at `path`.
     pub fn open(path: &Path, writable: bool) -> Result<RawDisk> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| Error::io(path, "open", e))?;
-        RawDisk::from_file(file, path, writable)
+        RawDisk::from_file(crate::format::open_file(path, writable)?, path, writable)
     }
 
     /// Uses an open file as a raw image; `path` names it in messages.
@@ -104,21 +97,7 @@ impl Disk for RawDisk {
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         check_range(&self.path, offset, len, self.size)?;
         let mut out = Vec::new();
-        for (s, e, data) in data_runs(&self.file, offset, offset + len) {
-            let kind = if data {
-                ExtentKind::Data
-            } else {
-                ExtentKind::Zero
-            };
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: s,
-                    length: e - s,
-                    kind,
-                },
-            );
-        }
+        push_file_extents(&mut out, &self.file, offset, len, offset);
         Ok(out)
     }
 

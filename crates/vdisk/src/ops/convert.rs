@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 /// Bytes read from the source at a time.
-const CHUNK: u64 = 4 << 20;
+const CHUNK: u64 = 2 << 20;
 /// Granularity of zero detection (the host filesystem's block size).
 const GRANULE: usize = 4096;
 

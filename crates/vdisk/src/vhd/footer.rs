@@ -197,21 +197,11 @@ impl Footer {
 
     /// What is wrong with this footer, one sentence each (empty when nothing is).
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if &self.cookie != COOKIE {
-            p.push(format!(
-                "cookie is {:?}, expected \"conectix\"",
-                String::from_utf8_lossy(&self.cookie)
-            ));
-            // Without the cookie the rest is noise; one message is enough.
-            return p;
-        }
-        if self.checksum != self.computed_checksum {
-            p.push(format!(
-                "checksum is 0x{:08x}, computed 0x{:08x}",
-                self.checksum, self.computed_checksum
-            ));
-        }
+        let Some(mut p) =
+            seal_problems(&self.cookie, COOKIE, self.checksum, self.computed_checksum)
+        else {
+            return vec![cookie_problem(&self.cookie, COOKIE)];
+        };
         if self.version >> 16 != 1 {
             p.push(format!(
                 "file format version is 0x{:08x}, expected 0x00010000",
@@ -264,6 +254,35 @@ impl Footer {
     pub fn unique_id_text(&self) -> String {
         uuid_text(&self.unique_id)
     }
+}
+
+/// Why a cookie is wrong.
+pub(crate) fn cookie_problem(cookie: &[u8; 8], expected: &[u8; 8]) -> String {
+    format!(
+        "cookie is {:?}, expected {:?}",
+        String::from_utf8_lossy(cookie),
+        String::from_utf8_lossy(expected)
+    )
+}
+
+/// The checksum problem of a structure whose cookie is right, or `None` when
+/// the cookie is wrong (then nothing else in it is worth a message).
+pub(crate) fn seal_problems(
+    cookie: &[u8; 8],
+    expected: &[u8; 8],
+    stored: u32,
+    computed: u32,
+) -> Option<Vec<String>> {
+    if cookie != expected {
+        return None;
+    }
+    let mut p = Vec::new();
+    if stored != computed {
+        p.push(format!(
+            "checksum is 0x{stored:08x}, computed 0x{computed:08x}"
+        ));
+    }
+    Some(p)
 }
 
 /// A 16-byte id in 8-4-4-4-12 hexadecimal form, bytes in stored order.

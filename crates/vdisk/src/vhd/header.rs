@@ -1,7 +1,7 @@
 //! The dynamic disk header (VHD specification, "Dynamic Disk Header Format"):
 //! 1024 big-endian bytes that locate the BAT and, for a differencing disk, the parent.
 
-use super::footer::{be32_at, be64_at, checksum};
+use super::footer::{be32_at, be64_at, checksum, cookie_problem, seal_problems};
 
 /// Length of the dynamic header.
 pub const HEADER_SIZE: usize = 1024;
@@ -179,20 +179,11 @@ impl DynamicHeader {
     /// What is wrong with the header's own fields (empty when nothing is). File
     /// layout (where the BAT lies) is checked by the caller, who knows the file.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if &self.cookie != COOKIE {
-            p.push(format!(
-                "cookie is {:?}, expected \"cxsparse\"",
-                String::from_utf8_lossy(&self.cookie)
-            ));
-            return p;
-        }
-        if self.checksum != self.computed_checksum {
-            p.push(format!(
-                "checksum is 0x{:08x}, computed 0x{:08x}",
-                self.checksum, self.computed_checksum
-            ));
-        }
+        let Some(mut p) =
+            seal_problems(&self.cookie, COOKIE, self.checksum, self.computed_checksum)
+        else {
+            return vec![cookie_problem(&self.cookie, COOKIE)];
+        };
         if self.header_version >> 16 != 1 {
             p.push(format!(
                 "header version is 0x{:08x}, expected 0x00010000",

@@ -6,12 +6,15 @@
 //! does the file I/O.
 //!
 //! # Crash safety of dynamic writes
-//! A new block is placed where the footer is. Its data and a new footer at the new
-//! end of file are written first; the BAT entry and the block's sector bitmap are
-//! written only by [`Disk::flush`], after an fsync has made the data and the new
-//! footer durable. So at every instant the on-disk BAT references only complete
-//! blocks, and the file ends with a valid footer; a crash before a flush loses only
-//! writes that were never flushed, and leaves at worst unreferenced space.
+//! A new block is placed where the footer is. A new footer is written at the new
+//! end of file first, then the block's bitmap (over the old footer) and data. The
+//! BAT entry is written only by [`Disk::flush`], after an fsync has made the data
+//! and the new footer durable; so is the bitmap of the first block placed after a
+//! flush, because it would overwrite the footer that flush made durable. So at
+//! every instant the on-disk BAT references only complete blocks, the file ends
+//! with a valid footer, and the footer of the last flush stays intact until the
+//! next one; a crash before a flush loses only writes that were never flushed,
+//! and leaves at worst unreferenced space.
 
 pub mod bat;
 pub mod check;
@@ -22,9 +25,11 @@ pub mod header;
 pub mod size;
 
 use crate::io::{
-    data_runs, file_len, host_allocated, is_zero, prefetch, read_exact_at, sync_data, write_all_at,
+    file_len, host_allocated, is_zero, prefetch, read_exact_at, sync_data, write_all_at,
 };
-use crate::{check_range, push_extent, Disk, Error, Extent, ExtentKind, ImageInfo, Result};
+use crate::{
+    check_range, push_extent, push_file_extents, Disk, Error, Extent, ExtentKind, ImageInfo, Result,
+};
 use bat::{pieces, Bat};
 use footer::{DiskType, Footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
 use geometry::Geometry;
@@ -74,6 +79,10 @@ struct Dynamic {
     bitmap_size: u64,
     /// Where the footer at the end of the file is, and so where the next block goes.
     footer_pos: u64,
+    /// Where the footer was at the last flush (or open).
+    durable_footer_pos: u64,
+    /// A sector bitmap with every sector present.
+    ones: Vec<u8>,
     /// BAT sectors changed in memory and not yet written.
     dirty_bat: BTreeSet<usize>,
     /// Bitmaps of new blocks not yet written (file offsets).
@@ -158,12 +167,7 @@ pub(crate) fn read_footer(
 impl VhdDisk {
     /// Opens the VHD at `path`.
     pub fn open(path: &Path, writable: bool) -> Result<VhdDisk> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| Error::io(path, "open", e))?;
-        VhdDisk::from_file(file, path, writable)
+        VhdDisk::from_file(crate::format::open_file(path, writable)?, path, writable)
     }
 
     /// Opens a VHD from an open file; `path` names it in messages.
@@ -335,6 +339,9 @@ fn open_dynamic(
         block_size,
         bitmap_size,
         footer_pos,
+        durable_footer_pos: footer_pos,
+        // Bounded: the header's block size was checked against MAX_BLOCK_SIZE.
+        ones: vec![0xff; bitmap_size as usize],
         dirty_bat: BTreeSet::new(),
         pending_bitmaps: Vec::new(),
     })
@@ -369,7 +376,15 @@ impl Dynamic {
             .set(index, sector)
             .ok_or_else(|| Error::corrupt(path, format!("block {block} is past the BAT")))?;
         self.dirty_bat.insert(dirty);
-        self.pending_bitmaps.push(pos);
+        if pos == self.durable_footer_pos {
+            // This bitmap would overwrite the footer that the last flush made
+            // durable: it waits until the flush makes the new one durable.
+            self.pending_bitmaps.push(pos);
+        } else {
+            // It overwrites a footer written since, which nothing relies on
+            // now that a newer one ends the file.
+            write_all_at(file, path, &self.ones, pos)?;
+        }
         self.footer_pos = end;
         Ok(pos + self.bitmap_size)
     }
@@ -425,9 +440,8 @@ impl Disk for VhdDisk {
             }
             // Dynamic disks read every sector of an allocated block, so the
             // bitmap is all ones, as QEMU and Hyper-V write it.
-            let ones = vec![0xffu8; d.bitmap_size as usize];
             for &pos in &d.pending_bitmaps {
-                write_all_at(&self.file, &self.path, &ones, pos)?;
+                write_all_at(&self.file, &self.path, &d.ones, pos)?;
             }
             for &s in &d.dirty_bat {
                 let bytes = d.bat.encode_sector(s);
@@ -441,6 +455,7 @@ impl Disk for VhdDisk {
             sync_data(&self.file, &self.path)?;
             d.pending_bitmaps.clear();
             d.dirty_bat.clear();
+            d.durable_footer_pos = d.footer_pos;
         }
         Ok(())
     }
@@ -488,23 +503,7 @@ impl Disk for VhdDisk {
         check_range(&self.path, offset, len, self.virtual_size)?;
         let mut out = Vec::new();
         match &self.layout {
-            Layout::Fixed => {
-                for (s, e, data) in data_runs(&self.file, offset, offset + len) {
-                    let kind = if data {
-                        ExtentKind::Data
-                    } else {
-                        ExtentKind::Zero
-                    };
-                    push_extent(
-                        &mut out,
-                        Extent {
-                            offset: s,
-                            length: e - s,
-                            kind,
-                        },
-                    );
-                }
-            }
+            Layout::Fixed => push_file_extents(&mut out, &self.file, offset, len, offset),
             Layout::Dynamic(d) => {
                 let file_size = file_len(&self.file, &self.path)?;
                 for p in pieces(offset, len, d.block_size) {
@@ -526,21 +525,7 @@ impl Disk for VhdDisk {
                             );
                             continue;
                         }
-                        for (s, e, data) in data_runs(&self.file, start, start + p.len) {
-                            let kind = if data {
-                                ExtentKind::Data
-                            } else {
-                                ExtentKind::Zero
-                            };
-                            push_extent(
-                                &mut out,
-                                Extent {
-                                    offset: guest + (s - start),
-                                    length: e - s,
-                                    kind,
-                                },
-                            );
-                        }
+                        push_file_extents(&mut out, &self.file, start, p.len, guest);
                         continue;
                     }
                     let kind = ExtentKind::Unallocated;

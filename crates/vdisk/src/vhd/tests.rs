@@ -162,3 +162,26 @@ fn unflushed_allocation_leaves_a_valid_image() {
     d.read_at(&mut b, 3 << 20).unwrap();
     assert_eq!(b, [0u8; 4096]);
 }
+
+#[test]
+fn map_shows_host_holes_inside_blocks_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.vhd");
+    create(&path, 8 << 20, &CreateOptions::default(), false).unwrap();
+    let mut d = VhdDisk::open(&path, true).unwrap();
+    d.write_at(&[3u8; 8192], (2 << 20) + (1 << 20)).unwrap();
+    d.flush().unwrap();
+    let map = d.map(0, 8 << 20).unwrap();
+    let kind_at = |o: u64| {
+        map.iter()
+            .find(|e| e.offset <= o && o < e.end())
+            .map(|e| e.kind)
+    };
+    assert_eq!(kind_at(0), Some(ExtentKind::Unallocated));
+    assert_eq!(kind_at((2 << 20) + (1 << 20)), Some(ExtentKind::Data));
+    assert_eq!(kind_at(2 << 20), Some(ExtentKind::Zero));
+    assert_eq!(kind_at((4 << 20) - 1), Some(ExtentKind::Zero));
+    assert_eq!(kind_at(4 << 20), Some(ExtentKind::Unallocated));
+    let covered: u64 = map.iter().map(|e| e.length).sum();
+    assert_eq!(covered, 8 << 20);
+}
