@@ -118,25 +118,37 @@ pub fn print_map(extents: &[Extent], output: Output) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar on stderr, shown when asked for or when stderr is a terminal.
+/// Progress on stderr: a bar on a terminal; with `--progress` and no terminal
+/// (a log file, a CI job), a line at every tenth of the way.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    what: String,
+    lines: bool,
+    /// The last tenth reported as a line.
+    tenth: u64,
 }
 
 impl Progress {
-    /// A bar for `what`; hidden unless `forced` or stderr is a terminal.
+    /// Progress of `what`; shown when stderr is a terminal, or when `forced`.
     pub fn new(forced: bool, what: &str) -> Progress {
-        if !(forced || std::io::stderr().is_terminal()) {
-            return Progress { bar: None };
+        let terminal = std::io::stderr().is_terminal();
+        let mut p = Progress {
+            bar: None,
+            what: what.to_string(),
+            lines: forced && !terminal,
+            tenth: 0,
+        };
+        if terminal {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what.to_string());
+            p.bar = Some(bar);
         }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(what.to_string());
-        Progress { bar: Some(bar) }
+        p
     }
 
     /// Reports `done` of `total` bytes.
@@ -144,6 +156,19 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_length(total);
             b.set_position(done);
+        }
+        if self.lines && total > 0 {
+            let tenth = (u128::from(done) * 10 / u128::from(total)) as u64;
+            if tenth > self.tenth {
+                self.tenth = tenth;
+                eprintln!(
+                    "{}: {}% ({} of {})",
+                    self.what,
+                    tenth * 10,
+                    human(done),
+                    human(total)
+                );
+            }
         }
     }
 

@@ -1,0 +1,59 @@
+//! Command-line behaviour that needs no peer: progress and the help text.
+
+use std::process::Command;
+
+fn vmhub() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmhub"))
+}
+
+#[test]
+fn progress_without_a_terminal_prints_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("in.raw");
+    std::fs::write(&raw, vec![7u8; 3 << 20]).unwrap();
+    let out = vmhub()
+        .args(["img", "convert", "--progress"])
+        .arg(&raw)
+        .arg(dir.path().join("out.vhd"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("converting: 100% (3 MiB of 3 MiB)"),
+        "stderr: {err}"
+    );
+
+    // Without --progress and without a terminal, nothing is printed.
+    let out = vmhub()
+        .args(["img", "convert"])
+        .arg(&raw)
+        .arg(dir.path().join("quiet.vhd"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_flags_are_refused_with_usage() {
+    let out = vmhub()
+        .args(["img", "create", "x.vhd", "1G", "--type", "sparse"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--type") && err.contains("dynamic"),
+        "stderr: {err}"
+    );
+    assert!(!std::path::Path::new("x.vhd").exists());
+}
