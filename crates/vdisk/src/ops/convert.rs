@@ -16,6 +16,8 @@ const CHUNK: u64 = 2 << 20;
 /// Granularity of zero detection (the host filesystem's block size).
 const GRANULE: usize = 4096;
 
+/// Virtual bytes mapped, and prefetched, at a time.
+const WINDOW: u64 = 64 * CHUNK;
 /// Bytes written between two background syncs of a conversion's output.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 /// Buffers in flight between the reader and the writer.
@@ -88,15 +90,23 @@ fn read_chunks(
     recycle: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<()> {
     let size = src.virtual_size();
-    let mut pos = 0;
-    while pos < size {
-        // Map a bounded window at a time so that a huge, fragmented disk never
-        // needs its whole map in memory.
-        let window = (64 * CHUNK).min(size - pos);
-        let extents = src.map(pos, window)?;
-        // Let storage fetch the window's data while the first chunks are copied.
+    // Map a bounded window at a time so that a huge, fragmented disk never needs
+    // its whole map in memory. The window after the one being copied is mapped
+    // ahead and its data prefetched, so that storage reads it meanwhile.
+    let window_at = |pos: u64| -> Result<Vec<crate::Extent>> {
+        let extents = src.map(pos, WINDOW.min(size - pos))?;
         for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
             src.prefetch(e.offset, e.length);
+        }
+        Ok(extents)
+    };
+    let mut pos = 0;
+    let mut next = if size > 0 { window_at(0)? } else { Vec::new() };
+    while pos < size {
+        let extents = std::mem::take(&mut next);
+        pos = (pos + WINDOW).min(size);
+        if pos < size {
+            next = window_at(pos)?;
         }
         for e in extents {
             if e.kind != ExtentKind::Data {
@@ -133,7 +143,6 @@ fn read_chunks(
                 off += n as u64;
             }
         }
-        pos += window;
     }
     Ok(())
 }
