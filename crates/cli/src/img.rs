@@ -51,6 +51,10 @@ pub enum ImgCommand {
     Check {
         /// The image.
         file: PathBuf,
+        /// First repair what can be repaired without guessing at data: a damaged
+        /// footer or footer copy, trailing garbage, BAT entries past the end of the file.
+        #[arg(long)]
+        repair: bool,
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -145,7 +149,11 @@ fn fail(code: u8, e: anyhow::Error) -> ExitCode {
 /// Runs an `img` subcommand and returns the process exit code.
 pub fn run(cmd: ImgCommand) -> ExitCode {
     match cmd {
-        ImgCommand::Check { file, output } => match vdisk::check(&file) {
+        ImgCommand::Check {
+            file,
+            output,
+            repair,
+        } => match repair_then_check(&file, repair) {
             Ok(report) => {
                 print_check(&report, output);
                 ExitCode::from(if report.clean { 0 } else { 2 })
@@ -166,6 +174,19 @@ pub fn run(cmd: ImgCommand) -> ExitCode {
             Err(e) => fail(1, e),
         },
     }
+}
+
+fn repair_then_check(file: &Path, repair: bool) -> vdisk::Result<vdisk::ops::check::CheckReport> {
+    if repair {
+        let done = vdisk::repair(file)?;
+        if done.is_empty() {
+            eprintln!("vmhub: nothing to repair in {}", file.display());
+        }
+        for d in &done {
+            eprintln!("vmhub: repaired {}: {d}", file.display());
+        }
+    }
+    vdisk::check(file)
 }
 
 fn run_compare(a: &Path, b: &Path, strict: bool, progress: bool) -> Result<u8> {

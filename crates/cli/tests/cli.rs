@@ -57,3 +57,45 @@ fn bad_flags_are_refused_with_usage() {
     );
     assert!(!std::path::Path::new("x.vhd").exists());
 }
+
+#[test]
+fn check_repair_fixes_a_damaged_footer() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.vhd");
+    assert!(vmhub()
+        .args(["img", "create"])
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .unwrap()
+        .success());
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(&[0xff; 4], len - 512 + 64).unwrap();
+    let out = vmhub().args(["img", "check"]).arg(&img).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = vmhub()
+        .args(["img", "check", "--repair"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("repaired") && err.contains("restored the footer"),
+        "stderr: {err}"
+    );
+    let out = vmhub().args(["img", "check"]).arg(&img).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -197,6 +197,16 @@ pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+/// Repairs what can be repaired in the image at `path` without guessing at
+/// data. Returns what was done, one sentence each.
+pub fn repair(path: &Path) -> Result<Vec<String>> {
+    let file = open_file(path, true)?;
+    match sniff_file(&file, path)? {
+        Format::Raw => Ok(Vec::new()),
+        Format::Vhd => crate::vhd::repair::repair_file(&file, path),
+    }
+}
+
 /// Checks the image at `path`. `Err` means it could not be checked at all.
 pub fn check(path: &Path) -> Result<CheckReport> {
     let file = open_file(path, false)?;

@@ -14,7 +14,9 @@ pub mod raw;
 pub mod vhd;
 
 pub use error::{Error, Result};
-pub use format::{check, create, open, sniff, CreateOptions, Format, ImageType, OpenOptions};
+pub use format::{
+    check, create, open, repair, sniff, CreateOptions, Format, ImageType, OpenOptions,
+};
 
 use serde::Serialize;
 use std::path::Path;

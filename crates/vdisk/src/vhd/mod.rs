@@ -22,6 +22,7 @@ pub mod create;
 pub mod footer;
 pub mod geometry;
 pub mod header;
+pub mod repair;
 pub mod size;
 
 use crate::io::{

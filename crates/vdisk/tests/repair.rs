@@ -1,0 +1,138 @@
+//! `repair` fixes damaged footers, trailing garbage and BAT entries past the end
+//! of the file, keeps every byte of data, and leaves images that check clean and
+//! read the same in qemu-img.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vdisk::{CreateOptions, OpenOptions};
+
+const SIZE: u64 = 12 << 20;
+
+/// A dynamic VHD with data in blocks 0, 2 and 5 (2 MiB blocks), and its contents.
+fn image(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let path = dir.join("r.vhd");
+    vdisk::create(&path, SIZE, &CreateOptions::default(), false).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let mut d = vdisk::open(&path, OpenOptions { writable: true }).unwrap();
+    for (i, off) in [(1u8, 4096u64), (2, 5 << 20), (3, (11 << 20) + 512)] {
+        let buf = vec![i; 70_000];
+        d.write_at(&buf, off).unwrap();
+        model[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
+    }
+    d.flush().unwrap();
+    (path, model)
+}
+
+fn contents(path: &Path) -> Vec<u8> {
+    let d = vdisk::open(path, OpenOptions::default()).unwrap();
+    let mut b = vec![0u8; d.virtual_size() as usize];
+    d.read_at(&mut b, 0).unwrap();
+    b
+}
+
+fn qemu_contents(path: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("q.raw");
+    let _ = std::fs::remove_file(&raw);
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw"])
+        .arg(path)
+        .arg(&raw)
+        .status()
+        .expect("qemu-img must be installed (Debian qemu-utils)");
+    assert!(st.success());
+    std::fs::read(raw).unwrap()
+}
+
+fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+fn repaired_and_clean(path: &Path, dir: &Path, model: &[u8], expect: &[&str]) {
+    assert!(
+        !vdisk::check(path).unwrap().clean,
+        "the damage was not noticed"
+    );
+    let done = vdisk::repair(path).unwrap();
+    for e in expect {
+        assert!(
+            done.iter().any(|d| d.contains(e)),
+            "no repair saying {e:?} in {done:?}"
+        );
+    }
+    let report = vdisk::check(path).unwrap();
+    assert!(report.clean, "after repair: {:?}", report.problems);
+    assert!(contents(path) == model, "repair changed the data");
+    assert!(
+        qemu_contents(path, dir) == model,
+        "qemu-img reads other data after repair"
+    );
+    assert!(
+        vdisk::repair(path).unwrap().is_empty(),
+        "a second repair found more to do"
+    );
+}
+
+#[test]
+fn clean_image_needs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = image(dir.path());
+    let before = std::fs::read(&path).unwrap();
+    assert!(vdisk::repair(&path).unwrap().is_empty());
+    assert!(std::fs::read(&path).unwrap() == before);
+}
+
+#[test]
+fn damaged_footer_is_restored_from_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = image(dir.path());
+    poke(&path, len(&path) - 512 + 64, &[0xde, 0xad]);
+    repaired_and_clean(
+        &path,
+        dir.path(),
+        &model,
+        &["restored the footer", "copy at offset 0"],
+    );
+}
+
+#[test]
+fn missing_footer_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = image(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len(&path) - 512).unwrap();
+    repaired_and_clean(&path, dir.path(), &model, &["restored the footer"]);
+}
+
+#[test]
+fn trailing_garbage_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = image(dir.path());
+    let before = len(&path);
+    poke(&path, before, &[0x55; 10_000]);
+    repaired_and_clean(&path, dir.path(), &model, &["cut off"]);
+    assert_eq!(len(&path), before);
+}
+
+#[test]
+fn damaged_copy_is_restored_from_the_footer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = image(dir.path());
+    poke(&path, 40, &[9; 8]);
+    repaired_and_clean(&path, dir.path(), &model, &["footer copy"]);
+}
+
+#[test]
+fn bat_entry_past_the_end_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = image(dir.path());
+    // Point block 3 (never written) at a sector far past the end of the file.
+    let table = 1536u64;
+    poke(&path, table + 3 * 4, &0x0010_0000u32.to_be_bytes());
+    repaired_and_clean(&path, dir.path(), &model, &["dropped BAT entry 3"]);
+}
