@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vdisk::{CreateOptions, OpenOptions};
+
+mod common;
 
 const SIZE: u64 = 8 << 20;
 const SECTOR: u64 = 512;
@@ -98,22 +100,6 @@ fn read_all(path: &Path) -> Vec<u8> {
     b
 }
 
-fn qemu_read(path: &Path, dir: &Path) -> Vec<u8> {
-    let raw: PathBuf = dir.join("q.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "vpc", "-O", "raw"])
-        .arg(path)
-        .arg(&raw)
-        .status()
-        .expect("qemu-img must be installed (Debian qemu-utils)");
-    assert!(
-        st.success(),
-        "qemu-img convert failed on {}",
-        path.display()
-    );
-    std::fs::read(&raw).unwrap()
-}
-
 #[test]
 fn crash_harness() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,7 +186,7 @@ fn crash_harness() {
         }
         if iter % 8 == 0 {
             assert!(
-                qemu_read(&img, dir.path()) == got,
+                common::qemu_contents(&img, &dir.path().join("q.raw")) == got,
                 "iteration {iter}: qemu-img reads other data than vmhub"
             );
         }

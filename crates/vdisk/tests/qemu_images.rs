@@ -1,50 +1,35 @@
 //! vmhub writing into VHDs that qemu-img made and qemu-io filled: qemu-img must
 //! then read exactly what a byte array given the same writes holds.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 use vdisk::OpenOptions;
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (qemu-utils must be installed)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qemu_raw(img: &Path, raw: &Path) -> Vec<u8> {
-    let _ = std::fs::remove_file(raw);
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "vpc", "-O", "raw"])
-        .arg(img)
-        .arg(raw));
-    std::fs::read(raw).unwrap()
-}
 
 fn write_into_qemu_image(subformat: &str, force_size: &str) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhd");
     let raw = dir.path().join("q.raw");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "vpc", "-o"])
-        .arg(format!("subformat={subformat},force_size={force_size}"))
-        .arg(&img)
-        .arg("20M"));
-    run(Command::new("qemu-io")
-        .args([
-            "-f",
-            "vpc",
-            "-c",
-            "write -P 0x5a 1M 64k",
-            "-c",
-            "write -P 0x33 4095k 2k",
-        ])
-        .arg(&img));
-    let mut model = qemu_raw(&img, &raw);
+    common::run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vpc", "-o"])
+            .arg(format!("subformat={subformat},force_size={force_size}"))
+            .arg(&img)
+            .arg("20M"),
+    );
+    common::run(
+        Command::new("qemu-io")
+            .args([
+                "-f",
+                "vpc",
+                "-c",
+                "write -P 0x5a 1M 64k",
+                "-c",
+                "write -P 0x33 4095k 2k",
+            ])
+            .arg(&img),
+    );
+    let mut model = common::qemu_contents(&img, &raw);
     {
         let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
         assert_eq!(
@@ -71,7 +56,7 @@ fn write_into_qemu_image(subformat: &str, force_size: &str) {
         d.flush().unwrap();
     }
     assert!(
-        qemu_raw(&img, &raw) == model,
+        common::qemu_contents(&img, &raw) == model,
         "qemu-img reads other bytes than were written ({subformat}, force_size={force_size})"
     );
     let report = vdisk::check(&img).unwrap();

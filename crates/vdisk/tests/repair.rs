@@ -4,8 +4,9 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vdisk::{CreateOptions, OpenOptions};
+
+mod common;
 
 const SIZE: u64 = 12 << 20;
 
@@ -29,19 +30,6 @@ fn contents(path: &Path) -> Vec<u8> {
     let mut b = vec![0u8; d.virtual_size() as usize];
     d.read_at(&mut b, 0).unwrap();
     b
-}
-
-fn qemu_contents(path: &Path, dir: &Path) -> Vec<u8> {
-    let raw = dir.join("q.raw");
-    let _ = std::fs::remove_file(&raw);
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "vpc", "-O", "raw"])
-        .arg(path)
-        .arg(&raw)
-        .status()
-        .expect("qemu-img must be installed (Debian qemu-utils)");
-    assert!(st.success());
-    std::fs::read(raw).unwrap()
 }
 
 fn len(path: &Path) -> u64 {
@@ -69,7 +57,7 @@ fn repaired_and_clean(path: &Path, dir: &Path, model: &[u8], expect: &[&str]) {
     assert!(report.clean, "after repair: {:?}", report.problems);
     assert!(contents(path) == model, "repair changed the data");
     assert!(
-        qemu_contents(path, dir) == model,
+        common::qemu_contents(path, &dir.join("q.raw")) == model,
         "qemu-img reads other data after repair"
     );
     assert!(
