@@ -17,11 +17,13 @@
 //! and leaves at worst unreferenced space.
 
 pub mod bat;
+pub mod bitmap;
 pub mod check;
 pub mod create;
 pub mod footer;
 pub mod geometry;
 pub mod header;
+pub mod locator;
 pub mod repair;
 pub mod size;
 
