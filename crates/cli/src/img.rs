@@ -12,13 +12,17 @@ use vdisk::{CreateOptions, Format, ImageType, OpenOptions};
 
 #[derive(Subcommand)]
 pub enum ImgCommand {
-    /// Create an empty disk image.
+    /// Create an empty disk image, or a differencing disk over a parent.
     Create {
         /// The new image.
         file: PathBuf,
-        /// Size in bytes, or with a K, M, G or T suffix (powers of 1024).
-        #[arg(value_parser = parse_size)]
-        size: u64,
+        /// Size in bytes, or with a K, M, G or T suffix (powers of 1024); a
+        /// differencing disk takes its parent's.
+        #[arg(value_parser = parse_size, required_unless_present = "parent")]
+        size: Option<u64>,
+        /// Make a differencing VHD whose unwritten sectors read from PARENT (a VHD).
+        #[arg(long, conflicts_with = "size")]
+        parent: Option<PathBuf>,
         #[command(flatten)]
         out: OutputFormat,
         /// Replace FILE if it exists.
@@ -221,7 +225,26 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
     match cmd {
         ImgCommand::Create {
             file,
-            size,
+            size: _,
+            parent: Some(parent),
+            out,
+            force,
+        } => {
+            vdisk::create_child(&file, &parent, out.options().block_size, force)?;
+            let disk = vdisk::open(&file, OpenOptions::default())?;
+            let v = disk.virtual_size();
+            out!(
+                "Created {} (differencing over {}, {}, {} bytes)",
+                file.display(),
+                parent.display(),
+                human(v),
+                v
+            );
+        }
+        ImgCommand::Create {
+            file,
+            size: Some(size),
+            parent: None,
             out,
             force,
         } => {
@@ -264,6 +287,11 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
         }
+        ImgCommand::Create {
+            size: None,
+            parent: None,
+            ..
+        } => bail!("a size is needed (or --parent)"),
         ImgCommand::Check { .. } | ImgCommand::Compare { .. } => unreachable!("handled by run"),
     }
     Ok(())

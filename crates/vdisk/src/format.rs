@@ -186,6 +186,16 @@ pub fn create(
     Ok(notes)
 }
 
+/// Creates a differencing VHD at `path` over the VHD `parent`, with blocks of
+/// `block_size` bytes. It appears only once complete; an existing file is
+/// replaced only when `overwrite` is set.
+pub fn create_child(path: &Path, parent: &Path, block_size: u64, overwrite: bool) -> Result<()> {
+    refuse_existing(path, overwrite)?;
+    let (tmp, file) = AtomicFile::create(path)?;
+    crate::vhd::create::write_child(&file, path, parent, block_size)?;
+    tmp.commit(&file)
+}
+
 /// Fails when `path` exists and may not be replaced.
 pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {

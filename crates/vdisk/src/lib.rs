@@ -15,7 +15,7 @@ pub mod vhd;
 
 pub use error::{Error, Result};
 pub use format::{
-    check, create, open, repair, sniff, CreateOptions, Format, ImageType, OpenOptions,
+    check, create, create_child, open, repair, sniff, CreateOptions, Format, ImageType, OpenOptions,
 };
 
 use serde::Serialize;
@@ -166,6 +166,21 @@ pub(crate) fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> Resu
     }
 }
 
+/// One image of a chain, as `img info` lists it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChainLink {
+    /// The image file.
+    pub file: String,
+    /// Its format.
+    pub format: &'static str,
+    /// Its type ("fixed", "dynamic", "differencing"; "raw" for raw).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Its unique id, when the format has one.
+    pub unique_id: Option<String>,
+}
+
 /// What `img info` shows about an image.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -182,6 +197,8 @@ pub struct ImageInfo {
     pub allocated_bytes: u64,
     /// Bytes the host filesystem has allocated for the file.
     pub host_allocated_bytes: u64,
+    /// The chain of images a read goes through, from this one to the base.
+    pub chain: Vec<ChainLink>,
     /// VHD-specific details.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub vhd: Option<vhd::VhdInfo>,

@@ -110,6 +110,12 @@ impl Disk for RawDisk {
             file_size: self.size,
             allocated_bytes: host.min(self.size),
             host_allocated_bytes: host,
+            chain: vec![crate::ChainLink {
+                file: self.path.display().to_string(),
+                format: "raw",
+                kind: "raw",
+                unique_id: None,
+            }],
             vhd: None,
         })
     }

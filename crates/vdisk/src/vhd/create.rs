@@ -191,6 +191,99 @@ pub fn write_new(file: &File, path: &Path, new: &NewVhd) -> Result<SizePlan> {
     Ok(plan)
 }
 
+/// Writes a new differencing disk over the VHD at `parent` into `file` (which
+/// must be empty). `path` is where the child will live: its relative locator is
+/// computed from there. Returns the size plan (the parent's size).
+pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> Result<SizePlan> {
+    use super::header::ParentLocator;
+    use super::locator::{encode_parent_name, encode_utf16le, relative_text, W2KU, W2RU};
+    if crate::format::sniff(parent)? != crate::Format::Vhd {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a parent must be a VHD",
+            parent.display()
+        )));
+    }
+    if let Some(why) = block_size_problem(block_size) {
+        return Err(Error::InvalidArgument(why));
+    }
+    let base = super::VhdDisk::open(parent, false)?;
+    let plan = plan_size(crate::Disk::virtual_size(&base), false)?;
+    let footer = new_footer(&plan, DiskType::Differencing)?;
+    let parent_abs = std::fs::canonicalize(parent).map_err(|e| Error::io(parent, "resolve", e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let child_dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
+    let not_text = || {
+        Error::InvalidArgument(format!(
+            "{}: the parent's path is not valid UTF-8",
+            parent.display()
+        ))
+    };
+    let abs_text = parent_abs.to_str().ok_or_else(not_text)?.to_string();
+    let name = parent_abs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(not_text)?;
+    let rel_text = relative_text(&child_dir, &parent_abs).ok_or_else(not_text)?;
+    let parent_name = encode_parent_name(name).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{name}: the parent's name is longer than 256 characters"
+        ))
+    })?;
+    let mtime = std::fs::metadata(&parent_abs)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+
+    let entries = u32::try_from(plan.size.div_ceil(block_size))
+        .ok()
+        .filter(|&n| n <= bat::MAX_ENTRIES)
+        .ok_or_else(|| {
+            Error::InvalidArgument("too many blocks for one BAT; use a larger --block-size".into())
+        })?;
+    let table_offset = 512 + HEADER_SIZE as u64;
+    let mut header = DynamicHeader::new(table_offset, entries, block_size as u32);
+    header.parent_unique_id = base.footer().unique_id;
+    header.parent_timestamp =
+        u32::try_from(mtime.saturating_sub(footer::VHD_EPOCH)).unwrap_or(u32::MAX);
+    header.parent_unicode_name = parent_name;
+    // Locator data after the BAT, each in whole sectors: the absolute path, then
+    // the relative one, as Windows writes them.
+    let mut data = Vec::new();
+    let mut at = table_offset + bat::table_size(entries);
+    for (i, (code, text)) in [(W2KU, &abs_text), (W2RU, &rel_text)]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = encode_utf16le(text);
+        let space = (bytes.len() as u64).max(1).div_ceil(512) * 512;
+        header.locators[i] = ParentLocator {
+            platform_code: code,
+            platform_data_space: u32::try_from(space).unwrap_or(u32::MAX),
+            platform_data_length: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            reserved: 0,
+            platform_data_offset: at,
+        };
+        let mut padded = bytes;
+        padded.resize(space as usize, 0);
+        data.extend_from_slice(&padded);
+        at += space;
+    }
+    let fb = footer.encode();
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&fb);
+    buf.extend_from_slice(&header.encode());
+    buf.extend_from_slice(&Bat::new(entries).encode());
+    buf.extend_from_slice(&data);
+    buf.extend_from_slice(&fb);
+    write_all_at(file, path, &buf, 0)?;
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

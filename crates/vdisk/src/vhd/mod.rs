@@ -18,6 +18,7 @@
 
 pub mod bat;
 pub mod bitmap;
+pub mod chain;
 pub mod check;
 pub mod create;
 pub mod footer;
@@ -39,7 +40,7 @@ use geometry::Geometry;
 use header::{DynamicHeader, HEADER_SIZE};
 use serde::Serialize;
 use size::SizeSource;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,11 @@ struct Dynamic {
     dirty_bat: BTreeSet<usize>,
     /// Bitmaps of new blocks not yet written (file offsets).
     pending_bitmaps: Vec<u64>,
+    /// The parent, for a differencing disk.
+    parent: Option<Box<VhdDisk>>,
+    /// Sector bitmaps of a differencing disk that wait for the next flush to be
+    /// written (block → file offset, bits); reads see them here meanwhile.
+    deferred_bits: HashMap<u64, (u64, Vec<u8>)>,
 }
 
 /// Reads the trusted footer of a VHD file: the one at the end, else the 511-byte
@@ -168,13 +174,34 @@ pub(crate) fn read_footer(
 }
 
 impl VhdDisk {
-    /// Opens the VHD at `path`.
+    /// Opens the VHD at `path`, and the chain of parents of a differencing disk.
     pub fn open(path: &Path, writable: bool) -> Result<VhdDisk> {
-        VhdDisk::from_file(crate::format::open_file(path, writable)?, path, writable)
+        VhdDisk::open_in_chain(path, writable, &mut chain::Opening::default())
+    }
+
+    pub(crate) fn open_in_chain(
+        path: &Path,
+        writable: bool,
+        opening: &mut chain::Opening,
+    ) -> Result<VhdDisk> {
+        let file = crate::format::open_file(path, writable)?;
+        VhdDisk::from_file_in_chain(file, path, writable, opening)
     }
 
     /// Opens a VHD from an open file; `path` names it in messages.
     pub fn from_file(file: File, path: &Path, writable: bool) -> Result<VhdDisk> {
+        VhdDisk::from_file_in_chain(file, path, writable, &mut chain::Opening::default())
+    }
+
+    fn from_file_in_chain(
+        file: File,
+        path: &Path,
+        writable: bool,
+        opening: &mut chain::Opening,
+    ) -> Result<VhdDisk> {
+        if let Ok(canon) = std::fs::canonicalize(path) {
+            opening.files.push(canon);
+        }
         let len = file_len(&file, path)?;
         let (footer, footer_place, warnings) = read_footer(&file, path, len)?;
         let (virtual_size, size_source) = size::virtual_size(&footer);
@@ -210,10 +237,11 @@ impl VhdDisk {
                 virtual_size,
             )?)),
             Some(DiskType::Differencing) => {
-                return Err(Error::unsupported(
-                    path,
-                    "differencing VHDs are not supported yet",
-                ));
+                let mut d = open_dynamic(&file, path, &footer, len, virtual_size)?;
+                d.parent = Some(Box::new(chain::open_parent(
+                    &file, path, &d.header, opening,
+                )?));
+                Layout::Dynamic(Box::new(d))
             }
             None => {
                 return Err(Error::corrupt(
@@ -254,15 +282,106 @@ impl VhdDisk {
     fn dynamic_read(&self, d: &Dynamic, buf: &mut [u8], offset: u64) -> Result<()> {
         for p in pieces(offset, buf.len() as u64, d.block_size) {
             let out = &mut buf[p.at as usize..(p.at + p.len) as usize];
+            let guest = offset + p.at;
+            let what = || format!("block {} (BAT entry {})", p.block, p.block);
             match d.bat.block_offset(p.block) {
-                None => out.fill(0),
+                None => d.read_parent(out, guest)?,
+                Some(b) if d.parent.is_some() => {
+                    // Sector by sector: present here, or from the parent.
+                    let bits = self.block_bits(d, p.block, b)?;
+                    let first = p.within / 512;
+                    let count = (p.within + p.len).div_ceil(512) - first;
+                    for (s, n, here) in bitmap::runs(&bits, first, count) {
+                        let lo = (s * 512).max(p.within);
+                        let hi = ((s + n) * 512).min(p.within + p.len);
+                        let o = &mut out[(lo - p.within) as usize..(hi - p.within) as usize];
+                        if here {
+                            read_exact_at(
+                                &self.file,
+                                &self.path,
+                                o,
+                                b + d.bitmap_size + lo,
+                                &what(),
+                            )?;
+                        } else {
+                            d.read_parent(o, guest + (lo - p.within))?;
+                        }
+                    }
+                }
                 Some(b) => read_exact_at(
                     &self.file,
                     &self.path,
                     out,
                     b + d.bitmap_size + p.within,
-                    &format!("block {} (BAT entry {})", p.block, p.block),
+                    &what(),
                 )?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The sector bitmap of `block` (whose bitmap is at file offset `at`).
+    fn block_bits(&self, d: &Dynamic, block: u64, at: u64) -> Result<Vec<u8>> {
+        if let Some((_, bits)) = d.deferred_bits.get(&block) {
+            return Ok(bits.clone());
+        }
+        let mut bits = vec![0u8; d.bitmap_size as usize];
+        read_exact_at(
+            &self.file,
+            &self.path,
+            &mut bits,
+            at,
+            &format!("sector bitmap of block {block}"),
+        )?;
+        Ok(bits)
+    }
+
+    /// Writes to a differencing disk: whole sectors only (the edges of a partial
+    /// sector come from the chain), data first, then the bitmap bits that make
+    /// the sectors this disk's own.
+    fn write_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let Layout::Dynamic(d) = &self.layout else {
+            return Ok(());
+        };
+        let block_size = d.block_size;
+        for p in pieces(offset, buf.len() as u64, block_size) {
+            let lo = p.within / 512 * 512;
+            let hi = (p.within + p.len).div_ceil(512) * 512;
+            let guest_lo = offset + p.at - (p.within - lo);
+            let mut sectors = vec![0u8; (hi - lo) as usize];
+            if lo != p.within || hi != p.within + p.len {
+                self.read_at(&mut sectors, guest_lo)?;
+            }
+            let at = (p.within - lo) as usize;
+            sectors[at..at + p.len as usize]
+                .copy_from_slice(&buf[p.at as usize..(p.at + p.len) as usize]);
+            let footer = self.footer.encode();
+            let Layout::Dynamic(d) = &mut self.layout else {
+                return Ok(());
+            };
+            let block_at = match d.bat.block_offset(p.block) {
+                Some(b) => b,
+                None => d.allocate(&self.file, &self.path, &footer, p.block)? - d.bitmap_size,
+            };
+            write_all_at(
+                &self.file,
+                &self.path,
+                &sectors,
+                block_at + d.bitmap_size + lo,
+            )?;
+            let mut bits = match d.deferred_bits.get(&p.block) {
+                Some((_, bits)) => bits.clone(),
+                None => {
+                    let mut bits = vec![0u8; d.bitmap_size as usize];
+                    read_exact_at(&self.file, &self.path, &mut bits, block_at, "sector bitmap")?;
+                    bits
+                }
+            };
+            if bitmap::set_range(&mut bits, lo / 512, (hi - lo) / 512) {
+                match d.deferred_bits.get_mut(&p.block) {
+                    Some(entry) => entry.1 = bits,
+                    None => write_all_at(&self.file, &self.path, &bits, block_at)?,
+                }
             }
         }
         Ok(())
@@ -347,10 +466,57 @@ fn open_dynamic(
         ones: vec![0xff; bitmap_size as usize],
         dirty_bat: BTreeSet::new(),
         pending_bitmaps: Vec::new(),
+        parent: None,
+        deferred_bits: HashMap::new(),
     })
 }
 
 impl Dynamic {
+    /// Reads `out` at `offset` from the parent, or zeros without one; past the
+    /// parent's end (a smaller parent) it reads zeros.
+    fn read_parent(&self, out: &mut [u8], offset: u64) -> Result<()> {
+        match &self.parent {
+            None => out.fill(0),
+            Some(p) => {
+                let avail = p
+                    .virtual_size()
+                    .saturating_sub(offset)
+                    .min(out.len() as u64) as usize;
+                if avail > 0 {
+                    p.read_at(&mut out[..avail], offset)?;
+                }
+                out[avail..].fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// How the parent stores `[offset, offset+len)`: unallocated without one or
+    /// past its end.
+    fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
+        let avail = match &self.parent {
+            Some(p) => {
+                let avail = p.virtual_size().saturating_sub(offset).min(len);
+                if avail > 0 {
+                    for e in p.map(offset, avail)? {
+                        push_extent(out, e);
+                    }
+                }
+                avail
+            }
+            None => 0,
+        };
+        push_extent(
+            out,
+            Extent {
+                offset: offset + avail,
+                length: len - avail,
+                kind: ExtentKind::Unallocated,
+            },
+        );
+        Ok(())
+    }
+
     /// Places block `block` at the end of the file and writes the footer after
     /// it. The BAT entry and bitmap reach the disk at the next flush.
     fn allocate(
@@ -379,14 +545,27 @@ impl Dynamic {
             .set(index, sector)
             .ok_or_else(|| Error::corrupt(path, format!("block {block} is past the BAT")))?;
         self.dirty_bat.insert(dirty);
+        // A differencing disk's new block holds no sector yet: its bitmap starts
+        // clear and gains bits as sectors are written.
+        let differencing = self.parent.is_some();
         if pos == self.durable_footer_pos {
             // This bitmap would overwrite the footer that the last flush made
             // durable: it waits until the flush makes the new one durable.
-            self.pending_bitmaps.push(pos);
+            if differencing {
+                self.deferred_bits
+                    .insert(block, (pos, vec![0; self.bitmap_size as usize]));
+            } else {
+                self.pending_bitmaps.push(pos);
+            }
         } else {
             // It overwrites a footer written since, which nothing relies on
             // now that a newer one ends the file.
-            write_all_at(file, path, &self.ones, pos)?;
+            let bits = if differencing {
+                vec![0; self.bitmap_size as usize]
+            } else {
+                self.ones.clone()
+            };
+            write_all_at(file, path, &bits, pos)?;
         }
         self.footer_pos = end;
         Ok(pos + self.bitmap_size)
@@ -415,6 +594,7 @@ impl Disk for VhdDisk {
         check_range(&self.path, offset, buf.len() as u64, self.virtual_size)?;
         match &mut self.layout {
             Layout::Fixed => write_all_at(&self.file, &self.path, buf, offset),
+            Layout::Dynamic(d) if d.parent.is_some() => self.write_differencing(buf, offset),
             Layout::Dynamic(d) => {
                 let footer = self.footer.encode();
                 for p in pieces(offset, buf.len() as u64, d.block_size) {
@@ -438,13 +618,17 @@ impl Disk for VhdDisk {
         }
         sync_data(&self.file, &self.path)?;
         if let Layout::Dynamic(d) = &mut self.layout {
-            if d.pending_bitmaps.is_empty() && d.dirty_bat.is_empty() {
+            if d.pending_bitmaps.is_empty() && d.dirty_bat.is_empty() && d.deferred_bits.is_empty()
+            {
                 return Ok(());
             }
             // Dynamic disks read every sector of an allocated block, so the
             // bitmap is all ones, as QEMU and Hyper-V write it.
             for &pos in &d.pending_bitmaps {
                 write_all_at(&self.file, &self.path, &d.ones, pos)?;
+            }
+            for (pos, bits) in d.deferred_bits.values() {
+                write_all_at(&self.file, &self.path, bits, *pos)?;
             }
             for &s in &d.dirty_bat {
                 let bytes = d.bat.encode_sector(s);
@@ -457,6 +641,7 @@ impl Disk for VhdDisk {
             }
             sync_data(&self.file, &self.path)?;
             d.pending_bitmaps.clear();
+            d.deferred_bits.clear();
             d.dirty_bat.clear();
             d.durable_footer_pos = d.footer_pos;
         }
@@ -488,6 +673,10 @@ impl Disk for VhdDisk {
         check_range(&self.path, offset, len, self.virtual_size)?;
         match &self.layout {
             Layout::Fixed => crate::write_zeroes_by_writing(self, offset, len),
+            Layout::Dynamic(d) if d.parent.is_some() => {
+                // Zeros must hide the parent's data: write them.
+                crate::write_zeroes_by_writing(self, offset, len)
+            }
             Layout::Dynamic(d) => {
                 // Unallocated parts already read as zeros; zero the allocated ones.
                 let allocated: Vec<(u64, u64)> = pieces(offset, len, d.block_size)
@@ -511,35 +700,50 @@ impl Disk for VhdDisk {
                 let file_size = file_len(&self.file, &self.path)?;
                 for p in pieces(offset, len, d.block_size) {
                     let guest = offset + p.at;
-                    if let Some(b) = d.bat.block_offset(p.block) {
+                    let Some(b) = d.bat.block_offset(p.block) else {
+                        // Nothing here: the parent's, or unallocated.
+                        d.map_parent(&mut out, guest, p.len)?;
+                        continue;
+                    };
+                    let start = b + d.bitmap_size + p.within;
+                    if start + p.len > file_size {
+                        // Past the end of the file: reading it reports the damage.
+                        push_extent(
+                            &mut out,
+                            Extent {
+                                offset: guest,
+                                length: p.len,
+                                kind: ExtentKind::Data,
+                            },
+                        );
+                        continue;
+                    }
+                    if d.parent.is_none() {
                         // Holes inside a block's data in the host file read as
                         // zeros: saying so spares readers of sparse VHDs from
                         // reading them.
-                        let start = b + d.bitmap_size + p.within;
-                        if start + p.len > file_size {
-                            // Past the end of the file: reading it reports the damage.
-                            push_extent(
-                                &mut out,
-                                Extent {
-                                    offset: guest,
-                                    length: p.len,
-                                    kind: ExtentKind::Data,
-                                },
-                            );
-                            continue;
-                        }
                         push_file_extents(&mut out, &self.file, start, p.len, guest);
                         continue;
                     }
-                    let kind = ExtentKind::Unallocated;
-                    push_extent(
-                        &mut out,
-                        Extent {
-                            offset: offset + p.at,
-                            length: p.len,
-                            kind,
-                        },
-                    );
+                    let bits = self.block_bits(d, p.block, b)?;
+                    let first = p.within / 512;
+                    let count = (p.within + p.len).div_ceil(512) - first;
+                    for (s, n, here) in bitmap::runs(&bits, first, count) {
+                        let lo = (s * 512).max(p.within);
+                        let hi = ((s + n) * 512).min(p.within + p.len);
+                        let at = guest + (lo - p.within);
+                        if here {
+                            push_file_extents(
+                                &mut out,
+                                &self.file,
+                                b + d.bitmap_size + lo,
+                                hi - lo,
+                                at,
+                            );
+                        } else {
+                            d.map_parent(&mut out, at, hi - lo)?;
+                        }
+                    }
                 }
             }
         }
@@ -566,12 +770,31 @@ impl Disk for VhdDisk {
         };
         let secs = u64::from(f.timestamp) + footer::VHD_EPOCH;
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let mut chain = vec![crate::ChainLink {
+            file: self.path.display().to_string(),
+            format: "vhd",
+            kind: f.kind().map(DiskType::name).unwrap_or("unknown"),
+            unique_id: Some(f.unique_id_text()),
+        }];
+        let mut parent = None;
+        if let Layout::Dynamic(d) = &self.layout {
+            if let Some(p) = &d.parent {
+                chain.extend(p.info()?.chain);
+                parent = Some(ParentInfo {
+                    name: locator::decode_parent_name(&d.header.parent_unicode_name)
+                        .unwrap_or_default(),
+                    unique_id: footer::uuid_text(&d.header.parent_unique_id),
+                    file: p.path().display().to_string(),
+                });
+            }
+        }
         Ok(ImageInfo {
             file: self.path.display().to_string(),
             format: "vhd",
             virtual_size: self.virtual_size,
             file_size: file_len(&self.file, &self.path)?,
             allocated_bytes: allocated,
+            chain,
             host_allocated_bytes: host_allocated(&self.file, &self.path)?,
             vhd: Some(VhdInfo {
                 kind: f.kind().map(DiskType::name).unwrap_or("unknown"),
@@ -596,6 +819,7 @@ impl Disk for VhdDisk {
                     FooterPlace::Copy => "copy at offset 0 (footer at end damaged)",
                 },
                 warnings: self.warnings.clone(),
+                parent,
             }),
         })
     }
@@ -608,7 +832,10 @@ impl Disk for VhdDisk {
 impl Drop for VhdDisk {
     fn drop(&mut self) {
         if let Layout::Dynamic(d) = &self.layout {
-            if !d.dirty_bat.is_empty() || !d.pending_bitmaps.is_empty() {
+            if !d.dirty_bat.is_empty()
+                || !d.pending_bitmaps.is_empty()
+                || !d.deferred_bits.is_empty()
+            {
                 // Best effort: a caller who cares about errors flushes first.
                 let _ = self.flush();
             }
@@ -663,6 +890,21 @@ pub struct VhdInfo {
     /// Problems noticed while opening.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The parent of a differencing disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentInfo>,
+}
+
+/// The parent of a differencing disk, as its header records it and as found.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ParentInfo {
+    /// The parent's name in the header.
+    pub name: String,
+    /// The parent's unique id, as the child recorded it.
+    pub unique_id: String,
+    /// The file opened as the parent.
+    pub file: String,
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+//! Finding and opening the parent of a differencing disk.
+//!
+//! Like Windows, the relative locator (`W2ru`) is tried first, so that a chain
+//! moved or copied as a whole still opens; then the absolute one (`W2ku`); then a
+//! file of the parent's name beside the child. A candidate is the parent only if
+//! its unique id is the one the child recorded.
+
+use super::header::DynamicHeader;
+use super::locator::{decode_parent_name, decode_utf16le, locator_path, W2KU, W2RU};
+use super::VhdDisk;
+use crate::io::{file_len, read_exact_at};
+use crate::{Error, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The deepest chain opened: a guard against hostile or looping chains.
+pub const MAX_DEPTH: usize = 64;
+/// The longest locator text read (UTF-16LE bytes).
+const MAX_LOCATOR: u64 = 64 << 10;
+
+/// The files of a chain being opened, from the top child down.
+#[derive(Default)]
+pub(crate) struct Opening {
+    pub files: Vec<PathBuf>,
+}
+
+/// Where the locators of `header` say the parent of `path` is, best first.
+pub fn parent_candidates(file: &File, path: &Path, header: &DynamicHeader) -> Result<Vec<PathBuf>> {
+    let child = std::fs::canonicalize(path).map_err(|e| Error::io(path, "resolve", e))?;
+    let dir = child.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let len = file_len(file, path)?;
+    let mut out = Vec::new();
+    for code in [W2RU, W2KU] {
+        for (i, l) in header
+            .locators
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.platform_code == code)
+        {
+            let n = u64::from(l.platform_data_length);
+            if n == 0
+                || n > MAX_LOCATOR
+                || l.platform_data_offset
+                    .checked_add(n)
+                    .is_none_or(|e| e > len)
+            {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "parent locator {i}: {n} bytes at offset {} lie outside the file",
+                        l.platform_data_offset
+                    ),
+                ));
+            }
+            let mut data = vec![0u8; n as usize];
+            read_exact_at(
+                file,
+                path,
+                &mut data,
+                l.platform_data_offset,
+                "parent locator",
+            )?;
+            let text = decode_utf16le(&data).ok_or_else(|| {
+                Error::corrupt(path, format!("parent locator {i}: not UTF-16 text"))
+            })?;
+            if let Some(p) = locator_path(&dir, code, &text) {
+                out.push(p);
+            }
+        }
+    }
+    if let Some(name) = decode_parent_name(&header.parent_unicode_name).filter(|n| !n.is_empty()) {
+        // Only the file name: a path in this field is taken as a name beside the child.
+        let base = name.rsplit(['\\', '/']).next().unwrap_or(&name).to_string();
+        if !base.is_empty() {
+            out.push(dir.join(base));
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Opens the parent of the differencing disk at `path`, read-only.
+pub(crate) fn open_parent(
+    file: &File,
+    path: &Path,
+    header: &DynamicHeader,
+    opening: &mut Opening,
+) -> Result<VhdDisk> {
+    if opening.files.len() >= MAX_DEPTH {
+        return Err(Error::unsupported(
+            path,
+            format!("the chain is deeper than {MAX_DEPTH} disks"),
+        ));
+    }
+    let candidates = parent_candidates(file, path, header)?;
+    let want = super::footer::uuid_text(&header.parent_unique_id);
+    let mut wrong = Vec::new();
+    for c in &candidates {
+        let Ok(canon) = std::fs::canonicalize(c) else {
+            continue;
+        };
+        if opening.files.contains(&canon) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "the chain loops: its parent {} is already in the chain",
+                    c.display()
+                ),
+            ));
+        }
+        let parent = VhdDisk::open_in_chain(&canon, false, opening)?;
+        if parent.footer().unique_id == header.parent_unique_id {
+            return Ok(parent);
+        }
+        wrong.push(format!(
+            "{} has unique id {}",
+            c.display(),
+            parent.footer().unique_id_text()
+        ));
+    }
+    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    Err(Error::corrupt(
+        path,
+        if wrong.is_empty() {
+            format!("parent not found (tried {})", tried.join(", "))
+        } else {
+            format!(
+                "wrong parent: the child expects unique id {want}, but {}",
+                wrong.join("; ")
+            )
+        },
+    ))
+}

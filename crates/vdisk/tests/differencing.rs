@@ -1,0 +1,231 @@
+//! Differencing VHDs: reads fall through to the parent sector by sector, writes
+//! go only to the child, the parent's bytes never change, and the chain opens
+//! by its relative locator after being moved, and not over a wrong parent.
+
+use std::path::Path;
+use std::process::Command;
+use vdisk::{CreateOptions, OpenOptions};
+
+mod common;
+
+const SIZE: u64 = 10 << 20;
+
+fn fill(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed ^ (i as u8).wrapping_mul(31) | 1)
+        .collect()
+}
+
+/// A parent with data, and its contents.
+fn parent(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let path = dir.join("base.vhd");
+    vdisk::create(&path, SIZE, &CreateOptions::default(), false).unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let mut d = vdisk::open(&path, OpenOptions { writable: true }).unwrap();
+    for (off, len, seed) in [(0u64, 3 << 20, 1u8), ((5 << 20) + 512, 100_000, 2)] {
+        let b = fill(len, seed);
+        d.write_at(&b, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&b);
+    }
+    d.flush().unwrap();
+    (path, model)
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    let d = vdisk::open(path, OpenOptions::default()).unwrap();
+    let mut b = vec![0u8; d.virtual_size() as usize];
+    d.read_at(&mut b, 0).unwrap();
+    b
+}
+
+#[test]
+fn child_reads_through_and_writes_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mut model) = parent(dir.path());
+    let base_bytes = std::fs::read(&base).unwrap();
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+    assert!(
+        read_all(&child) == model,
+        "a new child must read as its parent"
+    );
+
+    let mut d = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    assert_eq!(d.virtual_size(), SIZE);
+    let writes: [(u64, usize, u8); 6] = [
+        (100, 50, 7),               // inside one sector, over parent data
+        ((2 << 20) - 700, 1500, 8), // across a block boundary, unaligned
+        (4 << 20, 4096, 9),         // a block the parent never wrote
+        ((5 << 20) + 1024, 512, 0), // zeros over parent data must hide it
+        (SIZE - 512, 512, 10),      // the last sector
+        (1 << 20, 70_000, 11),      // a long run in an allocated block
+    ];
+    for (i, &(off, len, seed)) in writes.iter().enumerate() {
+        let b = if seed == 0 {
+            vec![0; len]
+        } else {
+            fill(len, seed)
+        };
+        d.write_at(&b, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&b);
+        if i == 2 {
+            d.flush().unwrap();
+        }
+    }
+    let mut got = vec![0u8; SIZE as usize];
+    d.read_at(&mut got, 0).unwrap();
+    assert!(got == model, "reads before flush differ");
+    d.flush().unwrap();
+    drop(d);
+
+    assert!(read_all(&child) == model, "reads after reopening differ");
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the parent changed"
+    );
+    let report = vdisk::check(&child).unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+
+    // Converting the child flattens the chain.
+    let flat = dir.path().join("flat.raw");
+    let src = vdisk::open(&child, OpenOptions::default()).unwrap();
+    vdisk::ops::convert::convert(
+        src.as_ref(),
+        &flat,
+        &CreateOptions {
+            format: vdisk::Format::Raw,
+            ..Default::default()
+        },
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&flat).unwrap() == model,
+        "the flattened disk differs"
+    );
+
+    // The chain in info, child first.
+    let info = src.info().unwrap();
+    let chain: Vec<&str> = info.chain.iter().map(|c| c.kind).collect();
+    assert_eq!(chain, ["differencing", "dynamic"]);
+    assert!(info.chain[1].file.ends_with("base.vhd"));
+}
+
+#[test]
+fn grandchild_and_moved_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mut model) = parent(dir.path());
+    let mid = dir.path().join("mid.vhd");
+    vdisk::create_child(&mid, &base, 512 << 10, false).unwrap();
+    {
+        let mut d = vdisk::open(&mid, OpenOptions { writable: true }).unwrap();
+        let b = fill(9000, 5);
+        d.write_at(&b, 3 << 20).unwrap();
+        model[3 << 20..(3 << 20) + 9000].copy_from_slice(&b);
+        d.flush().unwrap();
+    }
+    let top = dir.path().join("top.vhd");
+    vdisk::create_child(&top, &mid, 2 << 20, false).unwrap();
+    {
+        let mut d = vdisk::open(&top, OpenOptions { writable: true }).unwrap();
+        let b = fill(1000, 6);
+        d.write_at(&b, (3 << 20) + 4000).unwrap();
+        model[(3 << 20) + 4000..(3 << 20) + 5000].copy_from_slice(&b);
+        d.flush().unwrap();
+    }
+    assert!(read_all(&top) == model);
+
+    // Move the whole chain: the absolute locators now point nowhere; the
+    // relative ones still find the parents.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for f in ["base.vhd", "mid.vhd", "top.vhd"] {
+        std::fs::rename(dir.path().join(f), moved.join(f)).unwrap();
+    }
+    assert!(
+        read_all(&moved.join("top.vhd")) == model,
+        "the moved chain reads differently"
+    );
+    let info = vdisk::open(&moved.join("top.vhd"), OpenOptions::default())
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(info.chain.len(), 3);
+    assert!(
+        info.chain.iter().all(|c| c.file.contains("/moved/")),
+        "{:?}",
+        info.chain
+    );
+}
+
+#[test]
+fn missing_and_wrong_parents_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = parent(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+
+    // Another disk in the parent's place has another unique id.
+    std::fs::rename(&base, dir.path().join("real.vhd")).unwrap();
+    vdisk::create(&base, SIZE, &CreateOptions::default(), false).unwrap();
+    let e = vdisk::open(&child, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("child.vhd") && e.contains("wrong parent") && e.contains("base.vhd"),
+        "{e}"
+    );
+
+    std::fs::remove_file(&base).unwrap();
+    let e = vdisk::open(&child, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("child.vhd") && e.contains("parent not found") && e.contains("base.vhd"),
+        "{e}"
+    );
+}
+
+#[test]
+fn libvhdi_reads_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = parent(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+    let out = Command::new("vhdiinfo")
+        .arg(&child)
+        .output()
+        .expect("vhdiinfo must be installed (Debian libvhdi-utils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vhdiinfo failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Differential") || text.contains("Differencing"),
+        "{text}"
+    );
+    assert!(text.contains(&SIZE.to_string()), "{text}");
+    assert!(text.contains("base.vhd"), "{text}");
+}
+
+#[test]
+fn qemu_sees_the_childs_own_sectors() {
+    // QEMU reads a differencing VHD as a dynamic one: its own sectors must be
+    // where QEMU looks for them.
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = parent(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+    let mut d = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    let b = fill(65536, 3);
+    d.write_at(&b, 6 << 20).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let q = common::qemu_contents(&child, &dir.path().join("q.raw"));
+    assert!(q[6 << 20..(6 << 20) + 65536] == b[..]);
+}
