@@ -102,14 +102,42 @@ fn read_all(path: &Path) -> Vec<u8> {
 
 #[test]
 fn crash_harness() {
+    harness(false);
+}
+
+#[test]
+fn crash_harness_differencing() {
+    harness(true);
+}
+
+/// Kills writers of a dynamic disk, or of a differencing disk over a parent
+/// that holds data (whose bytes must never change).
+fn harness(differencing: bool) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("crash.vhd");
     let opts = CreateOptions {
         block_size: 64 << 10,
         ..CreateOptions::default()
     };
-    vdisk::create(&img, SIZE, &opts, false).unwrap();
     let mut model = vec![0u8; SIZE as usize];
+    let base = dir.path().join("base.vhd");
+    if differencing {
+        vdisk::create(&base, SIZE, &opts, false).unwrap();
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        for (i, chunk) in model
+            .chunks_mut(3 << 16)
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 1)
+        {
+            chunk.fill(0x40 + i as u8);
+            d.write_at(chunk, (i as u64) * (3 << 16)).unwrap();
+        }
+        d.flush().unwrap();
+        vdisk::create_child(&img, &base, 64 << 10, false).unwrap();
+    } else {
+        vdisk::create(&img, SIZE, &opts, false).unwrap();
+    }
+    let base_bytes = differencing.then(|| std::fs::read(&base).unwrap());
     let exe = std::env::current_exe().unwrap();
     let mut rng = 0x5eed_u64;
     let mut mid_run_kills = 0;
@@ -184,7 +212,14 @@ fn crash_harness() {
                     .is_some_and(|v| v.iter().any(|c| c[..] == got[r.clone()]));
             assert!(ok, "iteration {iter} (seed {seed}): sector {s} holds data never written there after the last flush ({done} ops acked)");
         }
-        if iter % 8 == 0 {
+        if let Some(b) = &base_bytes {
+            assert!(
+                std::fs::read(&base).unwrap() == *b,
+                "iteration {iter}: the parent changed"
+            );
+        } else if iter % 8 == 0 {
+            // QEMU reads a differencing disk without its parent: compare plain
+            // dynamic disks only.
             assert!(
                 common::qemu_contents(&img, &dir.path().join("q.raw")) == got,
                 "iteration {iter}: qemu-img reads other data than vmhub"
