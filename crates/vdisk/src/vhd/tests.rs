@@ -33,6 +33,12 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
 }
 
 fn run(kind: ImageType, block_size: u64, size: u64, ops: &[Op]) {
+    run_on(kind, block_size, size, ops, false)
+}
+
+/// Runs `ops` on a new disk, or on a differencing child of a parent that holds
+/// data when `child`.
+fn run_on(kind: ImageType, block_size: u64, size: u64, ops: &[Op], child: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.vhd");
     let opts = CreateOptions {
@@ -41,8 +47,24 @@ fn run(kind: ImageType, block_size: u64, size: u64, ops: &[Op]) {
         block_size,
         compat_vpc: false,
     };
-    create(&path, size, &opts, false).unwrap();
     let mut model = vec![0u8; size as usize];
+    let base = dir.path().join("base.vhd");
+    if child {
+        create(&base, size, &opts, false).unwrap();
+        let mut b = VhdDisk::open(&base, true).unwrap();
+        for (i, m) in model.iter_mut().enumerate() {
+            // Data in some stretches, zeros in others.
+            if (i / 3000) % 3 != 0 {
+                *m = (i % 251) as u8 | 1;
+            }
+        }
+        b.write_at(&model, 0).unwrap();
+        b.flush().unwrap();
+        crate::create_child(&path, &base, block_size, false).unwrap();
+    } else {
+        create(&path, size, &opts, false).unwrap();
+    }
+    let base_bytes = child.then(|| std::fs::read(&base).unwrap());
     let mut disk = VhdDisk::open(&path, true).unwrap();
     for (i, op) in ops.iter().enumerate() {
         match *op {
@@ -87,6 +109,9 @@ fn run(kind: ImageType, block_size: u64, size: u64, ops: &[Op]) {
     let mut all = vec![0u8; size as usize];
     disk.read_at(&mut all, 0).unwrap();
     assert!(all == model, "final contents differ");
+    if let Some(b) = base_bytes {
+        assert!(std::fs::read(&base).unwrap() == b, "the parent changed");
+    }
     // Every block with data is mapped as data; unmapped ranges read as zeros.
     for e in disk.map(0, size).unwrap() {
         if e.kind != ExtentKind::Data {
@@ -113,6 +138,16 @@ proptest! {
     #[test]
     fn dynamic_default_blocks(ops in prop::collection::vec(op(5 << 20), 1..30)) {
         run(ImageType::Dynamic, 2 << 20, 5 << 20, &ops);
+    }
+
+    #[test]
+    fn differencing_small_blocks(ops in prop::collection::vec(op(300_000), 1..40)) {
+        run_on(ImageType::Dynamic, 4096, 300_000, &ops, true);
+    }
+
+    #[test]
+    fn differencing_default_blocks(ops in prop::collection::vec(op(5 << 20), 1..30)) {
+        run_on(ImageType::Dynamic, 2 << 20, 5 << 20, &ops, true);
     }
 
     #[test]
