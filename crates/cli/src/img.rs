@@ -75,6 +75,16 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
+    /// Point a differencing disk at its moved or copied parent.
+    Relink {
+        /// The differencing disk.
+        child: PathBuf,
+        /// Its parent, where it is now.
+        parent: PathBuf,
+        /// Link even to a disk whose unique id or size differs from the one the child was made over.
+        #[arg(long)]
+        force: bool,
+    },
     /// List the extents of an image: data, zero, or unallocated.
     Map {
         /// The image.
@@ -286,6 +296,18 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
+        }
+        ImgCommand::Relink {
+            child,
+            parent,
+            force,
+        } => {
+            for w in vdisk::relink(&child, &parent, force)? {
+                eprintln!("vmhub: warning: {w}");
+            }
+            let disk = vdisk::open(&child, OpenOptions::default())?;
+            out!("{} now reads through {}", child.display(), parent.display());
+            drop(disk);
         }
         ImgCommand::Create {
             size: None,

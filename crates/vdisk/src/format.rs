@@ -196,6 +196,12 @@ pub fn create_child(path: &Path, parent: &Path, block_size: u64, overwrite: bool
     tmp.commit(&file)
 }
 
+/// Points the differencing disk `child` at `parent` (moved or copied), checking
+/// that it is the disk the child was made over unless `force`. Returns warnings.
+pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
+    crate::vhd::relink::relink(child, parent, force)
+}
+
 /// Fails when `path` exists and may not be replaced.
 pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {

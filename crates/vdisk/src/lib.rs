@@ -15,7 +15,8 @@ pub mod vhd;
 
 pub use error::{Error, Result};
 pub use format::{
-    check, create, create_child, open, repair, sniff, CreateOptions, Format, ImageType, OpenOptions,
+    check, create, create_child, open, relink, repair, sniff, CreateOptions, Format, ImageType,
+    OpenOptions,
 };
 
 use serde::Serialize;

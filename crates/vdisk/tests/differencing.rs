@@ -229,3 +229,62 @@ fn qemu_sees_the_childs_own_sectors() {
     let q = common::qemu_contents(&child, &dir.path().join("q.raw"));
     assert!(q[6 << 20..(6 << 20) + 65536] == b[..]);
 }
+
+#[test]
+fn relink_follows_a_moved_parent_and_refuses_a_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, model) = parent(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+    let elsewhere = dir.path().join("store");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let moved = elsewhere.join("renamed-base.vhd");
+    std::fs::rename(&base, &moved).unwrap();
+    assert!(vdisk::open(&child, OpenOptions::default()).is_err());
+
+    // A different disk of the same size is refused without --force.
+    let stranger = dir.path().join("stranger.vhd");
+    vdisk::create(&stranger, SIZE, &CreateOptions::default(), false).unwrap();
+    let e = vdisk::relink(&child, &stranger, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("unique id") && e.contains("stranger.vhd"), "{e}");
+
+    assert!(vdisk::relink(&child, &moved, false).unwrap().is_empty());
+    assert!(
+        read_all(&child) == model,
+        "the relinked child reads differently"
+    );
+    let report = vdisk::check(&child).unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+    let info = vdisk::open(&child, OpenOptions::default())
+        .unwrap()
+        .info()
+        .unwrap();
+    assert!(
+        info.chain[1].file.ends_with("store/renamed-base.vhd"),
+        "{:?}",
+        info.chain
+    );
+
+    // Writes after a relink still go where they belong.
+    let mut d = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    d.write_at(&[0xaa; 4096], 8 << 20).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let mut expect = model.clone();
+    expect[8 << 20..(8 << 20) + 4096].fill(0xaa);
+    assert!(read_all(&child) == expect);
+    assert!(vdisk::check(&child).unwrap().clean);
+
+    // --force links to another disk, says so, and the child adopts its id.
+    let w = vdisk::relink(&child, &stranger, true).unwrap();
+    assert!(w.iter().any(|w| w.contains("unique id")), "{w:?}");
+    let got = read_all(&child);
+    assert!(got[8 << 20..(8 << 20) + 4096].iter().all(|&b| b == 0xaa));
+    assert!(
+        got[..4096].iter().all(|&b| b == 0),
+        "the stranger's (empty) data shows through"
+    );
+}

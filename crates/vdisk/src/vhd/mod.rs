@@ -25,6 +25,7 @@ pub mod footer;
 pub mod geometry;
 pub mod header;
 pub mod locator;
+pub mod relink;
 pub mod repair;
 pub mod size;
 
