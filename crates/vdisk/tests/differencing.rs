@@ -288,3 +288,20 @@ fn relink_follows_a_moved_parent_and_refuses_a_stranger() {
         "the stranger's (empty) data shows through"
     );
 }
+
+#[test]
+fn a_looping_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = parent(dir.path());
+    let b = dir.path().join("b.vhd");
+    let c = dir.path().join("c.vhd");
+    vdisk::create_child(&b, &base, 2 << 20, false).unwrap();
+    vdisk::create_child(&c, &b, 2 << 20, false).unwrap();
+    // Make b's parent c: c → b → c → …
+    vdisk::relink(&b, &c, true).unwrap();
+    let e = vdisk::open(&c, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("loops"), "{e}");
+}
