@@ -75,6 +75,17 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
+    /// Write a differencing disk's data into its parent (or an ancestor) and remove it.
+    Merge {
+        /// The differencing disk.
+        child: PathBuf,
+        /// Merge into this ancestor instead of the parent; the disks between are removed too.
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// Show a progress bar (shown anyway when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+    },
     /// Point a differencing disk at its moved or copied parent.
     Relink {
         /// The differencing disk.
@@ -296,6 +307,23 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
+        }
+        ImgCommand::Merge {
+            child,
+            into,
+            progress,
+        } => {
+            let mut bar = Progress::new(progress, "merging");
+            let m = vdisk::vhd::merge::merge(&child, into.as_deref(), &mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            let removed: Vec<String> = m.removed.iter().map(|p| p.display().to_string()).collect();
+            out!(
+                "Merged {} into {} ({} written); removed {}",
+                child.display(),
+                m.target.display(),
+                human(m.bytes),
+                removed.join(", ")
+            );
         }
         ImgCommand::Relink {
             child,

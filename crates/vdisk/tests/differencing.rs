@@ -305,3 +305,71 @@ fn a_looping_chain_is_refused() {
         .to_string();
     assert!(e.contains("loops"), "{e}");
 }
+
+/// base ← mid ← top, each with data of its own; returns the paths and what top reads.
+fn three_layers(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Vec<u8>,
+) {
+    let (base, mut model) = parent(dir);
+    let mid = dir.join("mid.vhd");
+    let top = dir.join("top.vhd");
+    vdisk::create_child(&mid, &base, 512 << 10, false).unwrap();
+    for (path, off, len, seed) in [
+        (&mid, (1 << 20) + 100, 300_000usize, 21u8),
+        (&top, (1 << 20) + 5000, 4000, 22),
+    ] {
+        if path == &top {
+            vdisk::create_child(&top, &mid, 2 << 20, false).unwrap();
+        }
+        let mut d = vdisk::open(path, OpenOptions { writable: true }).unwrap();
+        let b = fill(len, seed);
+        d.write_at(&b, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&b);
+        // Zeros that hide the base's data must survive a merge too.
+        d.write_at(&vec![0; 700], 5 << 20).unwrap();
+        model[5 << 20..(5 << 20) + 700].fill(0);
+        d.flush().unwrap();
+    }
+    (base, mid, top, model)
+}
+
+#[test]
+fn merge_into_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mid, top, model) = three_layers(dir.path());
+    let base_bytes = std::fs::read(&base).unwrap();
+    let m = vdisk::vhd::merge::merge(&top, None, &mut |_, _| {}).unwrap();
+    assert_eq!(m.target, std::fs::canonicalize(&mid).unwrap());
+    assert!(!top.exists(), "the merged child is still there");
+    assert!(
+        read_all(&mid) == model,
+        "the parent does not read as the child did"
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the base changed"
+    );
+    assert!(vdisk::check(&mid).unwrap().clean);
+}
+
+#[test]
+fn merge_into_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mid, top, model) = three_layers(dir.path());
+    vdisk::vhd::merge::merge(&top, Some(&base), &mut |_, _| {}).unwrap();
+    assert!(!top.exists() && !mid.exists());
+    assert!(read_all(&base) == model);
+    assert!(vdisk::check(&base).unwrap().clean);
+    // The base is a plain dynamic disk again: QEMU agrees.
+    assert!(common::qemu_contents(&base, &dir.path().join("q.raw")) == model);
+    let e = vdisk::vhd::merge::merge(&base, None, &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a differencing disk"), "{e}");
+}

@@ -25,6 +25,7 @@ pub mod footer;
 pub mod geometry;
 pub mod header;
 pub mod locator;
+pub mod merge;
 pub mod relink;
 pub mod repair;
 pub mod size;
@@ -273,6 +274,48 @@ impl VhdDisk {
     /// The footer in use.
     pub fn footer(&self) -> &Footer {
         &self.footer
+    }
+
+    /// The parent of a differencing disk.
+    pub fn parent(&self) -> Option<&VhdDisk> {
+        match &self.layout {
+            Layout::Dynamic(d) => d.parent.as_deref(),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// The byte ranges of the disk that this image itself stores, whatever its
+    /// parents hold: every byte of a fixed disk, the allocated blocks of a
+    /// dynamic one, the sectors whose bitmap bits are set in a differencing one.
+    pub fn own_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut push = |start: u64, len: u64| match out.last_mut() {
+            Some(last) if last.0 + last.1 == start => last.1 += len,
+            _ => out.push((start, len)),
+        };
+        match &self.layout {
+            Layout::Fixed => push(0, self.virtual_size),
+            Layout::Dynamic(d) => {
+                for (block, at) in d.bat.allocated() {
+                    let start = block * d.block_size;
+                    if start >= self.virtual_size {
+                        continue;
+                    }
+                    let len = d.block_size.min(self.virtual_size - start);
+                    if d.parent.is_none() {
+                        push(start, len);
+                        continue;
+                    }
+                    let bits = self.block_bits(d, block, at)?;
+                    for (s, n, here) in bitmap::runs(&bits, 0, len.div_ceil(512)) {
+                        if here {
+                            push(start + s * 512, (n * 512).min(len - s * 512));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Problems noticed while opening that did not stop it.
