@@ -241,3 +241,89 @@ fn harness(differencing: bool) {
         .unwrap();
     assert_eq!(&cookie, b"conectix");
 }
+
+/// The merger, run in a child process: merges `CRASH_IMG` into `CRASH_INTO`.
+#[test]
+#[ignore = "run by merge_harness in a child process"]
+fn crash_child_merger() {
+    let (Ok(img), Ok(into)) = (std::env::var("CRASH_IMG"), std::env::var("CRASH_INTO")) else {
+        return;
+    };
+    vdisk::vhd::merge::merge(Path::new(&img), Some(Path::new(&into)), &mut |_, _| {}).unwrap();
+}
+
+/// base ← mid ← top over `SIZE` bytes, each layer with data of its own in
+/// 64 KiB blocks; returns what top reads.
+fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
+    let opts = CreateOptions {
+        block_size: 64 << 10,
+        ..CreateOptions::default()
+    };
+    let mut model = vec![0u8; SIZE as usize];
+    vdisk::create(&dir.join("base.vhd"), SIZE, &opts, false).unwrap();
+    vdisk::create_child(&dir.join("mid.vhd"), &dir.join("base.vhd"), 64 << 10, false).unwrap();
+    vdisk::create_child(&dir.join("top.vhd"), &dir.join("mid.vhd"), 64 << 10, false).unwrap();
+    for (layer, name) in ["base.vhd", "mid.vhd", "top.vhd"].iter().enumerate() {
+        let mut d = vdisk::open(&dir.join(name), OpenOptions { writable: true }).unwrap();
+        for i in 0..150u64 {
+            let o = op(seed ^ layer as u64, i);
+            let b = op_buffer(seed ^ layer as u64, i, &o);
+            d.write_at(&b, o.first * SECTOR).unwrap();
+            model[(o.first * SECTOR) as usize..((o.first + o.sectors) * SECTOR) as usize]
+                .copy_from_slice(&b);
+        }
+        d.flush().unwrap();
+    }
+    model
+}
+
+#[test]
+fn merge_harness() {
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = 0x3e76_u64;
+    let (mut interrupted, mut finished) = (0, 0);
+    for iter in 0..24 {
+        rng = splitmix(rng);
+        let dir = tempfile::tempdir().unwrap();
+        let model = merge_chain(dir.path(), rng);
+        let (top, base) = (dir.path().join("top.vhd"), dir.path().join("base.vhd"));
+        let mut child = Command::new(&exe)
+            .args([
+                "crash_child_merger",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CRASH_IMG", &top)
+            .env("CRASH_INTO", &base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(splitmix(rng) % 40));
+        let _ = child.kill();
+        let _ = child.wait();
+        if top.exists() {
+            // Killed before it removed anything: the chain reads as before,
+            // and merging again completes the job.
+            interrupted += 1;
+            assert!(
+                read_all(&top) == model,
+                "iteration {iter}: the chain reads differently after a killed merge"
+            );
+            vdisk::vhd::merge::merge(&top, Some(&base), &mut |_, _| {}).unwrap();
+        } else {
+            finished += 1;
+        }
+        assert!(
+            read_all(&base) == model,
+            "iteration {iter}: the merged base differs"
+        );
+        assert!(vdisk::check(&base).unwrap().clean, "iteration {iter}");
+    }
+    assert!(
+        interrupted >= 6,
+        "only {interrupted} of 24 merges were killed mid-way ({finished} finished)"
+    );
+}
