@@ -86,6 +86,14 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
+    /// Drop the blocks of a dynamic VHD that read as zeros, and shrink the file.
+    Compact {
+        /// The image.
+        file: PathBuf,
+        /// Show a progress bar (shown anyway when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+    },
     /// Point a differencing disk at its moved or copied parent.
     Relink {
         /// The differencing disk.
@@ -307,6 +315,17 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
+        }
+        ImgCommand::Compact { file, progress } => {
+            let mut bar = Progress::new(progress, "compacting");
+            let c = vdisk::vhd::compact::compact(&file, &mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            out!(
+                "Compacted {}: {} → {}",
+                file.display(),
+                human(c.before),
+                human(c.after)
+            );
         }
         ImgCommand::Merge {
             child,

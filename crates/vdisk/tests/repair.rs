@@ -124,3 +124,39 @@ fn bat_entry_past_the_end_is_dropped() {
     poke(&path, table + 3 * 4, &0x0010_0000u32.to_be_bytes());
     repaired_and_clean(&path, dir.path(), &model, &["dropped BAT entry 3"]);
 }
+
+#[test]
+fn compact_drops_zero_blocks_and_keeps_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut model) = image(dir.path());
+    // Zeros over all of block 2 (it stays allocated), and a hole of leaked space.
+    {
+        let mut d = vdisk::open(&path, OpenOptions { writable: true }).unwrap();
+        d.write_at(&vec![0; 2 << 20], 4 << 20).unwrap();
+        model[4 << 20..6 << 20].fill(0);
+        d.flush().unwrap();
+    }
+    let before = vdisk::open(&path, OpenOptions::default())
+        .unwrap()
+        .info()
+        .unwrap();
+    let c = vdisk::vhd::compact::compact(&path, &mut |_, _| {}).unwrap();
+    assert!(c.after < c.before, "{c:?}");
+    let after = vdisk::open(&path, OpenOptions::default())
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(after.allocated_bytes, before.allocated_bytes - (2 << 20));
+    let (b, a) = (before.vhd.unwrap(), after.vhd.unwrap());
+    assert_eq!(b.unique_id, a.unique_id);
+    assert_eq!(b.timestamp, a.timestamp);
+    assert!(contents(&path) == model);
+    assert!(common::qemu_contents(&path, &dir.path().join("q.raw")) == model);
+    assert!(vdisk::check(&path).unwrap().clean);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}

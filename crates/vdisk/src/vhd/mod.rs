@@ -20,6 +20,7 @@ pub mod bat;
 pub mod bitmap;
 pub mod chain;
 pub mod check;
+pub mod compact;
 pub mod create;
 pub mod footer;
 pub mod geometry;
