@@ -40,6 +40,26 @@ pub fn runs(bits: &[u8], first: u64, count: u64) -> Vec<(u64, u64, bool)> {
     out
 }
 
+/// The runs of `[within, within+len)` bytes of a block that are present here or
+/// not, as `(start, end, here)` byte offsets in the block, clipped to the range.
+pub fn byte_runs(bits: &[u8], within: u64, len: u64) -> Vec<(u64, u64, bool)> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let first = within / 512;
+    let count = (within + len).div_ceil(512) - first;
+    runs(bits, first, count)
+        .into_iter()
+        .map(|(s, n, here)| {
+            (
+                (s * 512).max(within),
+                ((s + n) * 512).min(within + len),
+                here,
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +73,20 @@ mod tests {
         assert!(is_set(&bits, 9));
         assert!(!is_set(&bits, 8));
         assert!(!is_set(&bits, 10_000));
+    }
+
+    #[test]
+    fn byte_runs_are_clipped() {
+        let bits = [0b0110_0000u8];
+        assert_eq!(
+            byte_runs(&bits, 100, 1000),
+            vec![(100, 512, false), (512, 1100, true)]
+        );
+        assert_eq!(
+            byte_runs(&bits, 700, 2000),
+            vec![(700, 1536, true), (1536, 2700, false)]
+        );
+        assert!(byte_runs(&bits, 5, 0).is_empty());
     }
 
     #[test]

@@ -195,8 +195,6 @@ pub fn write_new(file: &File, path: &Path, new: &NewVhd) -> Result<SizePlan> {
 /// must be empty). `path` is where the child will live: its relative locator is
 /// computed from there. Returns the size plan (the parent's size).
 pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> Result<SizePlan> {
-    use super::header::ParentLocator;
-    use super::locator::{encode_parent_name, encode_utf16le, relative_text, W2KU, W2RU};
     if crate::format::sniff(parent)? != crate::Format::Vhd {
         return Err(Error::InvalidArgument(format!(
             "{}: a parent must be a VHD",
@@ -215,30 +213,6 @@ pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> 
         _ => std::path::PathBuf::from("."),
     };
     let child_dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
-    let not_text = || {
-        Error::InvalidArgument(format!(
-            "{}: the parent's path is not valid UTF-8",
-            parent.display()
-        ))
-    };
-    let abs_text = parent_abs.to_str().ok_or_else(not_text)?.to_string();
-    let name = parent_abs
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(not_text)?;
-    let rel_text = relative_text(&child_dir, &parent_abs).ok_or_else(not_text)?;
-    let parent_name = encode_parent_name(name).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{name}: the parent's name is longer than 256 characters"
-        ))
-    })?;
-    let mtime = std::fs::metadata(&parent_abs)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-
     let entries = u32::try_from(plan.size.div_ceil(block_size))
         .ok()
         .filter(|&n| n <= bat::MAX_ENTRIES)
@@ -246,39 +220,24 @@ pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> 
             Error::InvalidArgument("too many blocks for one BAT; use a larger --block-size".into())
         })?;
     let table_offset = 512 + HEADER_SIZE as u64;
+    // Locator data right after the BAT.
+    let links = super::locator::links(
+        &child_dir,
+        &parent_abs,
+        table_offset + bat::table_size(entries),
+    )
+    .map_err(Error::InvalidArgument)?;
     let mut header = DynamicHeader::new(table_offset, entries, block_size as u32);
     header.parent_unique_id = base.footer().unique_id;
-    header.parent_timestamp =
-        u32::try_from(mtime.saturating_sub(footer::VHD_EPOCH)).unwrap_or(u32::MAX);
-    header.parent_unicode_name = parent_name;
-    // Locator data after the BAT, each in whole sectors: the absolute path, then
-    // the relative one, as Windows writes them.
-    let mut data = Vec::new();
-    let mut at = table_offset + bat::table_size(entries);
-    for (i, (code, text)) in [(W2KU, &abs_text), (W2RU, &rel_text)]
-        .into_iter()
-        .enumerate()
-    {
-        let bytes = encode_utf16le(text);
-        let space = (bytes.len() as u64).max(1).div_ceil(512) * 512;
-        header.locators[i] = ParentLocator {
-            platform_code: code,
-            platform_data_space: u32::try_from(space).unwrap_or(u32::MAX),
-            platform_data_length: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-            reserved: 0,
-            platform_data_offset: at,
-        };
-        let mut padded = bytes;
-        padded.resize(space as usize, 0);
-        data.extend_from_slice(&padded);
-        at += space;
-    }
+    header.parent_timestamp = links.timestamp;
+    header.parent_unicode_name = links.name;
+    header.locators = links.locators;
     let fb = footer.encode();
     let mut buf = Vec::new();
     buf.extend_from_slice(&fb);
     buf.extend_from_slice(&header.encode());
     buf.extend_from_slice(&Bat::new(entries).encode());
-    buf.extend_from_slice(&data);
+    buf.extend_from_slice(&links.data);
     buf.extend_from_slice(&fb);
     write_all_at(file, path, &buf, 0)?;
     Ok(plan)

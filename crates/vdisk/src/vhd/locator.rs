@@ -3,6 +3,7 @@
 //! absolute path (`W2ku`) and a relative one (`W2ru`, like `.\parent.vhd`), both
 //! UTF-16LE.
 
+use super::header::ParentLocator;
 use std::path::{Component, Path, PathBuf};
 
 /// Platform code of a locator holding an absolute Windows path, UTF-16LE.
@@ -86,6 +87,65 @@ pub fn locator_path(child_dir: &Path, code: u32, text: &str) -> Option<PathBuf> 
         return Some(PathBuf::from(unix));
     }
     None
+}
+
+/// How a child names its parent: the header's parent name, timestamp and
+/// locators, and the locator data they point at.
+pub struct ParentLinks {
+    /// The parent's file name, UTF-16BE, for the header.
+    pub name: [u8; 512],
+    /// The parent file's modification time, seconds since 2000-01-01 UTC.
+    pub timestamp: u32,
+    /// `W2ku` then `W2ru`, the other entries unused.
+    pub locators: [ParentLocator; 8],
+    /// The locator data, in whole sectors, to be written where the locators say.
+    pub data: Vec<u8>,
+}
+
+/// The links from a child in `child_dir` to the file `parent` (both absolute),
+/// with the locator data placed at file offset `data_at`: the absolute path,
+/// then the relative one, each in whole sectors, as Windows writes them.
+pub fn links(child_dir: &Path, parent: &Path, data_at: u64) -> Result<ParentLinks, String> {
+    let not_text = || format!("{}: the path is not valid UTF-8", parent.display());
+    let abs = parent.to_str().ok_or_else(not_text)?.to_string();
+    let rel = relative_text(child_dir, parent).ok_or_else(not_text)?;
+    let file_name = parent
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(not_text)?;
+    let name = encode_parent_name(file_name)
+        .ok_or_else(|| format!("{file_name}: longer than 256 characters"))?;
+    let secs = std::fs::metadata(parent)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let timestamp =
+        u32::try_from(secs.saturating_sub(super::footer::VHD_EPOCH)).unwrap_or(u32::MAX);
+    let mut locators = [ParentLocator::default(); 8];
+    let mut data = Vec::new();
+    let mut at = data_at;
+    for (i, (code, text)) in [(W2KU, &abs), (W2RU, &rel)].into_iter().enumerate() {
+        let bytes = encode_utf16le(text);
+        let space = (bytes.len() as u64).max(1).div_ceil(512) * 512;
+        locators[i] = ParentLocator {
+            platform_code: code,
+            platform_data_space: u32::try_from(space).unwrap_or(u32::MAX),
+            platform_data_length: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            reserved: 0,
+            platform_data_offset: at,
+        };
+        data.extend_from_slice(&bytes);
+        data.resize(data.len() + (space as usize - bytes.len()), 0);
+        at += space;
+    }
+    Ok(ParentLinks {
+        name,
+        timestamp,
+        locators,
+        data,
+    })
 }
 
 #[cfg(test)]

@@ -334,11 +334,7 @@ impl VhdDisk {
                 Some(b) if d.parent.is_some() => {
                     // Sector by sector: present here, or from the parent.
                     let bits = self.block_bits(d, p.block, b)?;
-                    let first = p.within / 512;
-                    let count = (p.within + p.len).div_ceil(512) - first;
-                    for (s, n, here) in bitmap::runs(&bits, first, count) {
-                        let lo = (s * 512).max(p.within);
-                        let hi = ((s + n) * 512).min(p.within + p.len);
+                    for (lo, hi, here) in bitmap::byte_runs(&bits, p.within, p.len) {
                         let o = &mut out[(lo - p.within) as usize..(hi - p.within) as usize];
                         if here {
                             read_exact_at(
@@ -771,11 +767,7 @@ impl Disk for VhdDisk {
                         continue;
                     }
                     let bits = self.block_bits(d, p.block, b)?;
-                    let first = p.within / 512;
-                    let count = (p.within + p.len).div_ceil(512) - first;
-                    for (s, n, here) in bitmap::runs(&bits, first, count) {
-                        let lo = (s * 512).max(p.within);
-                        let hi = ((s + n) * 512).min(p.within + p.len);
+                    for (lo, hi, here) in bitmap::byte_runs(&bits, p.within, p.len) {
                         let at = guest + (lo - p.within);
                         if here {
                             push_file_extents(

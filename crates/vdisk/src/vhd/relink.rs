@@ -7,8 +7,7 @@
 //! The old locator data stays behind, unreferenced.
 
 use super::footer::{self, DiskType, FOOTER_SIZE};
-use super::header::{DynamicHeader, ParentLocator, HEADER_SIZE};
-use super::locator::{encode_parent_name, encode_utf16le, relative_text, W2KU, W2RU};
+use super::header::{DynamicHeader, HEADER_SIZE};
 use super::{read_footer, VhdDisk};
 use crate::io::{file_len, read_exact_at, sync_data, write_all_at};
 use crate::{Disk, Error, Result};
@@ -72,52 +71,18 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
     let parent_abs = std::fs::canonicalize(parent).map_err(|e| Error::io(parent, "resolve", e))?;
     let child_abs = std::fs::canonicalize(child).map_err(|e| Error::io(child, "resolve", e))?;
     let child_dir = child_abs.parent().unwrap_or(Path::new("/"));
-    let not_text =
-        || Error::InvalidArgument(format!("{}: the path is not valid UTF-8", parent.display()));
-    let abs_text = parent_abs.to_str().ok_or_else(not_text)?.to_string();
-    let rel_text = relative_text(child_dir, &parent_abs).ok_or_else(not_text)?;
-    let name = parent_abs
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(not_text)?;
-    header.parent_unicode_name = encode_parent_name(name)
-        .ok_or_else(|| Error::InvalidArgument(format!("{name}: longer than 256 characters")))?;
-    if let Some(t) = std::fs::metadata(&parent_abs)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-    {
-        header.parent_timestamp =
-            u32::try_from(t.as_secs().saturating_sub(footer::VHD_EPOCH)).unwrap_or(u32::MAX);
-    }
-
-    // Where the footer is now; the new locator data goes there.
-    let mut at = len.saturating_sub(FOOTER_SIZE as u64).div_ceil(512) * 512;
-    let mut data = Vec::new();
-    let mut locators = [ParentLocator::default(); 8];
-    for (i, (code, text)) in [(W2KU, &abs_text), (W2RU, &rel_text)]
-        .into_iter()
-        .enumerate()
-    {
-        let bytes = encode_utf16le(text);
-        let space = (bytes.len() as u64).max(1).div_ceil(512) * 512;
-        locators[i] = ParentLocator {
-            platform_code: code,
-            platform_data_space: u32::try_from(space).unwrap_or(u32::MAX),
-            platform_data_length: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-            reserved: 0,
-            platform_data_offset: at,
-        };
-        let mut padded = bytes;
-        padded.resize(space as usize, 0);
-        data.extend_from_slice(&padded);
-        at += space;
-    }
+    // The new locator data goes where the footer is now; the footer moves after it.
+    let data_at = len.saturating_sub(FOOTER_SIZE as u64).div_ceil(512) * 512;
+    let links =
+        super::locator::links(child_dir, &parent_abs, data_at).map_err(Error::InvalidArgument)?;
+    header.parent_unicode_name = links.name;
+    header.parent_timestamp = links.timestamp;
+    let at = data_at + links.data.len() as u64;
     // The footer first, past the new data, so that the file always ends with one.
     write_all_at(&file, child, &ftr.encode(), at)?;
-    write_all_at(&file, child, &data, locators[0].platform_data_offset)?;
+    write_all_at(&file, child, &links.data, data_at)?;
     sync_data(&file, child)?;
-    header.locators = locators;
+    header.locators = links.locators;
     write_all_at(&file, child, &header.encode(), ho)?;
     sync_data(&file, child)?;
     Ok(warnings)
