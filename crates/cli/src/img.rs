@@ -94,6 +94,17 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
+    /// Grow a fixed or dynamic VHD, or shrink it when the part cut off holds no data.
+    Resize {
+        /// The image.
+        file: PathBuf,
+        /// The new size, in bytes or with a K, M, G or T suffix.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// Shrink even when the part cut off holds data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Point a differencing disk at its moved or copied parent.
     Relink {
         /// The differencing disk.
@@ -315,6 +326,13 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
+        }
+        ImgCommand::Resize { file, size, force } => {
+            for n in vdisk::vhd::resize::resize(&file, size, force)? {
+                eprintln!("vmhub: note: {n}");
+            }
+            let v = vdisk::open(&file, OpenOptions::default())?.virtual_size();
+            out!("Resized {} to {} ({} bytes)", file.display(), human(v), v);
         }
         ImgCommand::Compact { file, progress } => {
             let mut bar = Progress::new(progress, "compacting");

@@ -160,3 +160,100 @@ fn compact_drops_zero_blocks_and_keeps_identity() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+fn qemu_size(path: &Path) -> u64 {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output", "json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img must be installed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("qemu-img info JSON");
+    v["virtual-size"].as_u64().expect("virtual-size")
+}
+
+#[test]
+fn resize_grows_and_shrinks_dynamic_and_fixed() {
+    for (kind, name) in [
+        (vdisk::ImageType::Dynamic, "d.vhd"),
+        (vdisk::ImageType::Fixed, "f.vhd"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let opts = CreateOptions {
+            image_type: kind,
+            block_size: 64 << 10,
+            ..CreateOptions::default()
+        };
+        vdisk::create(&path, 1 << 20, &opts, false).unwrap();
+        let mut model = vec![0u8; 1 << 20];
+        {
+            let mut d = vdisk::open(&path, OpenOptions { writable: true }).unwrap();
+            d.write_at(&[7; 5000], 1000).unwrap();
+            model[1000..6000].fill(7);
+            d.flush().unwrap();
+        }
+        // Growing far past the BAT's room: 16 entries become 1600.
+        // The second step moves the table again; the third fits in its last sector.
+        for size in [
+            100 << 20,
+            (100 << 20) + 512 * 7,
+            (100 << 20) + (64 << 10) + 512 * 7,
+        ] {
+            vdisk::vhd::resize::resize(&path, size, false).unwrap();
+            model.resize(size as usize, 0);
+            assert_eq!(qemu_size(&path), size, "{name}");
+            assert!(
+                contents(&path) == model,
+                "{name}: grown disk reads differently"
+            );
+            assert!(
+                vdisk::check(&path).unwrap().clean,
+                "{name}: {:?}",
+                vdisk::check(&path).unwrap().problems
+            );
+        }
+        // Writes at the new end land.
+        {
+            let mut d = vdisk::open(&path, OpenOptions { writable: true }).unwrap();
+            let end = d.virtual_size();
+            d.write_at(&[9; 512], end - 512).unwrap();
+            d.write_at(&[8; 512], 50 << 20).unwrap();
+            d.flush().unwrap();
+            let n = model.len();
+            model[n - 512..].fill(9);
+            model[50 << 20..(50 << 20) + 512].fill(8);
+        }
+        assert!(
+            common::qemu_contents(&path, &dir.path().join("q.raw")) == model,
+            "{name}"
+        );
+        // Shrinking over data is refused, then forced; shrinking over nothing is fine.
+        let e = vdisk::vhd::resize::resize(&path, 10 << 20, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("holds data") && e.contains(&(50u64 << 20).to_string()),
+            "{e}"
+        );
+        vdisk::vhd::resize::resize(&path, 10 << 20, true).unwrap();
+        model.truncate(10 << 20);
+        assert!(
+            contents(&path) == model,
+            "{name}: shrunk disk reads differently"
+        );
+        vdisk::vhd::resize::resize(&path, 2 << 20, false).unwrap();
+        model.truncate(2 << 20);
+        assert_eq!(qemu_size(&path), 2 << 20);
+        assert!(contents(&path) == model);
+        assert!(
+            common::qemu_contents(&path, &dir.path().join("q.raw")) == model,
+            "{name}"
+        );
+        assert!(
+            vdisk::check(&path).unwrap().clean,
+            "{name}: {:?}",
+            vdisk::check(&path).unwrap().problems
+        );
+    }
+}

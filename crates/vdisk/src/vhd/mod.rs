@@ -29,6 +29,7 @@ pub mod locator;
 pub mod merge;
 pub mod relink;
 pub mod repair;
+pub mod resize;
 pub mod size;
 
 use crate::io::{

@@ -1,0 +1,192 @@
+//! `img resize`: grow a fixed or dynamic VHD, or shrink it when the part cut off
+//! holds no data (or when forced).
+//!
+//! Writes are ordered so that the footer never promises more than the BAT can
+//! map: growing updates (or relocates) the BAT before the footers, shrinking
+//! writes the footers first. A BAT that has no room to grow in place is written
+//! anew past the last block and the header then points at it.
+
+use super::bat::{self, Bat, UNUSED};
+use super::create::plan_size;
+use super::footer::{DiskType, Footer, FOOTER_SIZE};
+use super::header::{DynamicHeader, HEADER_SIZE};
+use super::{read_footer, VhdDisk, MAX_SIZE};
+use crate::io::{file_len, is_zero, read_exact_at, sync_data, write_all_at};
+use crate::{Disk, Error, ExtentKind, Result};
+use std::fs::File;
+use std::path::Path;
+
+/// Resizes the VHD at `path` to `size` bytes (rounded up to whole sectors).
+/// Shrinking refuses to cut off data unless `force`. Returns notes.
+pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
+    let plan = plan_size(size, false)?;
+    let mut notes = plan.notes.clone();
+    let new = plan.size;
+    let old = {
+        let disk = VhdDisk::open(path, false)?;
+        if disk.parent().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: a differencing disk has its parent's size; resize the chain's base and flatten instead",
+                path.display()
+            )));
+        }
+        let old = disk.virtual_size();
+        if new < old {
+            if let Some(at) = first_data(&disk, new, old - new)? {
+                if !force {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: the part past {new} bytes holds data (first at offset {at}); use --force to cut it off",
+                        path.display()
+                    )));
+                }
+                notes.push(format!("data from offset {at} on was cut off"));
+            }
+        }
+        old
+    };
+    if new > MAX_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "{new} bytes exceeds the VHD maximum of {MAX_SIZE}"
+        )));
+    }
+    let file = crate::format::open_file(path, true)?;
+    let len = file_len(&file, path)?;
+    let (mut footer, _, _) = read_footer(&file, path, len)?;
+    footer.current_size = new;
+    footer.geometry = plan.geometry;
+    match footer.kind() {
+        Some(DiskType::Fixed) => resize_fixed(&file, path, &footer, old, new)?,
+        Some(DiskType::Dynamic) => resize_dynamic(&file, path, &footer, len, old, new)?,
+        _ => {
+            return Err(Error::unsupported(
+                path,
+                "only fixed and dynamic disks can be resized",
+            ))
+        }
+    }
+    Ok(notes)
+}
+
+/// The first offset in `[offset, offset+len)` whose byte is not zero.
+fn first_data(disk: &VhdDisk, offset: u64, len: u64) -> Result<Option<u64>> {
+    let mut buf = vec![0u8; 1 << 20];
+    for e in disk
+        .map(offset, len)?
+        .into_iter()
+        .filter(|e| e.kind == ExtentKind::Data)
+    {
+        let mut at = e.offset;
+        while at < e.end() {
+            let n = (e.end() - at).min(buf.len() as u64) as usize;
+            disk.read_at(&mut buf[..n], at)?;
+            if !is_zero(&buf[..n]) {
+                let i = buf[..n].iter().position(|&b| b != 0).unwrap_or(0);
+                return Ok(Some(at + i as u64));
+            }
+            at += n as u64;
+        }
+    }
+    Ok(None)
+}
+
+fn resize_fixed(file: &File, path: &Path, footer: &Footer, old: u64, new: u64) -> Result<()> {
+    // The new footer first, so the file always ends with one; then what it
+    // replaces: the old footer, now inside a grown disk, becomes zeros, or the
+    // cut-off tail goes.
+    write_all_at(file, path, &footer.encode(), new)?;
+    sync_data(file, path)?;
+    if new > old {
+        write_all_at(file, path, &[0u8; FOOTER_SIZE], old)?;
+    } else {
+        file.set_len(new + FOOTER_SIZE as u64)
+            .map_err(|e| Error::io(path, "truncate", e))?;
+    }
+    sync_data(file, path)
+}
+
+fn resize_dynamic(
+    file: &File,
+    path: &Path,
+    footer: &Footer,
+    len: u64,
+    old: u64,
+    new: u64,
+) -> Result<()> {
+    let ho = footer.data_offset;
+    let mut hb = vec![0u8; HEADER_SIZE];
+    read_exact_at(file, path, &mut hb, ho, "dynamic header")?;
+    let mut header = DynamicHeader::decode(&hb)
+        .filter(|h| h.problems().is_empty())
+        .ok_or_else(|| Error::corrupt(path, "dynamic header is damaged"))?;
+    let bs = u64::from(header.block_size);
+    let entries = header.max_table_entries;
+    let table_len = bat::table_size(entries);
+    let mut tb = vec![0u8; table_len as usize];
+    read_exact_at(file, path, &mut tb, header.table_offset, "BAT")?;
+    let mut table =
+        Bat::decode(&tb, entries).ok_or_else(|| Error::corrupt(path, "BAT: short read"))?;
+    let needed = u32::try_from(new.div_ceil(bs))
+        .ok()
+        .filter(|&n| n <= bat::MAX_ENTRIES)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{new} bytes in {bs}-byte blocks: too many for one BAT"
+            ))
+        })?;
+    let write_footers = |f: &Footer, end: u64| -> Result<()> {
+        write_all_at(file, path, &f.encode(), end)?;
+        sync_data(file, path)?;
+        write_all_at(file, path, &f.encode(), 0)?;
+        sync_data(file, path)
+    };
+    let footer_at = len - FOOTER_SIZE as u64;
+
+    if new < old {
+        write_footers(footer, footer_at)?;
+        // Blocks past the new end are dropped (their space is reclaimed by compact).
+        let mut sectors = std::collections::BTreeSet::new();
+        for i in needed..entries {
+            if table.raw(i as usize).is_some_and(|e| e != UNUSED) {
+                sectors.extend(table.set(i as usize, UNUSED));
+            }
+        }
+        for s in sectors {
+            write_all_at(
+                file,
+                path,
+                &table.encode_sector(s),
+                header.table_offset + s as u64 * 512,
+            )?;
+        }
+        return sync_data(file, path);
+    }
+    if needed > entries {
+        let mut grown = Bat::new(needed);
+        for (i, off) in table.allocated() {
+            grown.set(i as usize, (off / 512) as u32);
+        }
+        if bat::table_size(needed) <= table_len {
+            // Room in the table's last sector.
+            write_all_at(file, path, &grown.encode(), header.table_offset)?;
+            sync_data(file, path)?;
+        } else {
+            // No room in place: the table moves past the last block, the footer
+            // after it, and only then does the header point there.
+            let at = footer_at.div_ceil(512) * 512;
+            let bytes = grown.encode();
+            // The old footer moves first: until the header points at the new
+            // table, the disk keeps its old size.
+            let mut current = [0u8; FOOTER_SIZE];
+            read_exact_at(file, path, &mut current, footer_at, "footer")?;
+            write_all_at(file, path, &current, at + bytes.len() as u64)?;
+            write_all_at(file, path, &bytes, at)?;
+            sync_data(file, path)?;
+            header.table_offset = at;
+        }
+        header.max_table_entries = needed;
+        write_all_at(file, path, &header.encode(), ho)?;
+        sync_data(file, path)?;
+    }
+    let end = file_len(file, path)? - FOOTER_SIZE as u64;
+    write_footers(footer, end)
+}
