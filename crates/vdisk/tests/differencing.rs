@@ -373,3 +373,48 @@ fn merge_into_the_base() {
         .to_string();
     assert!(e.contains("not a differencing disk"), "{e}");
 }
+
+#[test]
+fn check_finds_broken_parent_links() {
+    use std::os::unix::fs::FileExt;
+    use vdisk::vhd::header::DynamicHeader;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = parent(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 2 << 20, false).unwrap();
+    let pristine = std::fs::read(&child).unwrap();
+    let damage = |change: &dyn Fn(&mut DynamicHeader), expect: &[&str]| {
+        std::fs::write(&child, &pristine).unwrap();
+        let mut h = DynamicHeader::decode(&pristine[512..1536]).unwrap();
+        change(&mut h);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&child)
+            .unwrap();
+        f.write_all_at(&h.encode(), 512).unwrap();
+        let r = vdisk::check(&child).unwrap();
+        assert!(!r.clean, "{expect:?} not found");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| expect.iter().all(|e| p.message.contains(e))),
+            "{expect:?} not in {:?}",
+            r.problems
+        );
+    };
+    damage(
+        &|h| h.locators[1].platform_code = h.locators[0].platform_code,
+        &["second", "W2ku"],
+    );
+    damage(
+        &|h| h.locators[0].platform_data_offset = 1 << 40,
+        &["locator 0", "outside the file"],
+    );
+    damage(
+        &|h| h.parent_unicode_name = vdisk::vhd::locator::encode_parent_name("other.vhd").unwrap(),
+        &["names \"base.vhd\"", "other.vhd"],
+    );
+    damage(&|h| h.parent_unique_id = [0; 16], &["parent unique id"]);
+    std::fs::write(&child, &pristine).unwrap();
+    assert!(vdisk::check(&child).unwrap().clean);
+}

@@ -165,6 +165,75 @@ pub fn check_file(file: &File, path: &Path) -> Result<CheckReport> {
     Ok(r)
 }
 
+/// The parent fields of a differencing disk: an id and a name, locators inside
+/// the file, one of each platform code, and locator texts naming the parent the
+/// header names. (Whether the parent exists and matches is for opening to say.)
+fn check_parent_links(
+    file: &File,
+    path: &Path,
+    len: u64,
+    h: &DynamicHeader,
+    r: &mut CheckReport,
+) -> Result<()> {
+    use super::locator::{decode_parent_name, decode_utf16le, W2KU, W2RU};
+    if h.parent_unique_id == [0; 16] {
+        r.problem(
+            "dynamic header",
+            "differencing disk without a parent unique id",
+        );
+    }
+    let name = decode_parent_name(&h.parent_unicode_name).unwrap_or_default();
+    if name.is_empty() {
+        r.problem(
+            "dynamic header",
+            "differencing disk without a parent name (or not UTF-16)",
+        );
+    }
+    let mut seen = Vec::new();
+    for (i, l) in h.locators.iter().enumerate().filter(|(_, l)| l.is_used()) {
+        let code = String::from_utf8_lossy(&l.platform_code.to_be_bytes()).into_owned();
+        if seen.contains(&l.platform_code) {
+            r.problem(
+                "parent locator",
+                format!("locator {i}: a second {code:?} locator"),
+            );
+        }
+        seen.push(l.platform_code);
+        let n = u64::from(l.platform_data_length);
+        let off = l.platform_data_offset;
+        if n > 64 << 10 || off.checked_add(n).is_none_or(|e| e > len) {
+            r.problem(
+                "parent locator",
+                format!("locator {i} ({code}): {n} bytes at offset {off} lie outside the file ({len} bytes)"),
+            );
+            continue;
+        }
+        if l.platform_code != W2KU && l.platform_code != W2RU {
+            continue;
+        }
+        let Some(data) = read_at_most(file, path, len, off, n as usize)? else {
+            continue;
+        };
+        let Some(text) = decode_utf16le(&data) else {
+            r.problem(
+                "parent locator",
+                format!("locator {i} ({code}): not UTF-16 text"),
+            );
+            continue;
+        };
+        let leaf = text.rsplit(['\\', '/']).next().unwrap_or("");
+        if !name.is_empty() && leaf != name {
+            r.problem(
+                "parent locator",
+                format!(
+                    "locator {i} ({code}) names {leaf:?}, the header names the parent {name:?}"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_dynamic(
     file: &File,
@@ -249,7 +318,7 @@ fn check_dynamic(
         );
     }
     if kind == DiskType::Differencing {
-        r.note("differencing disk: its parent is not checked by this version");
+        check_parent_links(file, path, len, &h, r)?;
     }
     let block_size = u64::from(h.block_size);
     if super::header::block_size_problem(block_size).is_some() {
