@@ -7,13 +7,14 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Reads exactly `buf.len()` bytes at `offset`; a short file is reported as
-/// corruption of `what`.
+/// corruption of `what` (formatted only then: `format_args!` costs nothing on
+/// the way that succeeds).
 pub fn read_exact_at(
     file: &File,
     path: &Path,
     buf: &mut [u8],
     offset: u64,
-    what: &str,
+    what: impl std::fmt::Display,
 ) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {

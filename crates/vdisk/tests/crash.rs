@@ -100,6 +100,25 @@ fn read_all(path: &Path) -> Vec<u8> {
     b
 }
 
+/// Runs the ignored test `test` of this binary in a child process, with `env`.
+fn spawn(env: &[(&str, &std::ffi::OsStr)], test: &str) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn crash_harness() {
     harness(false);
@@ -138,7 +157,6 @@ fn harness(differencing: bool) {
         vdisk::create(&img, SIZE, &opts, false).unwrap();
     }
     let base_bytes = differencing.then(|| std::fs::read(&base).unwrap());
-    let exe = std::env::current_exe().unwrap();
     let mut rng = 0x5eed_u64;
     let mut mid_run_kills = 0;
     for iter in 0..ITERATIONS {
@@ -146,21 +164,14 @@ fn harness(differencing: bool) {
         let seed = rng;
         let ack = dir.path().join("ack");
         std::fs::write(&ack, b"").unwrap();
-        let mut child = Command::new(&exe)
-            .args([
-                "crash_child_writer",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CRASH_IMG", &img)
-            .env("CRASH_ACK", &ack)
-            .env("CRASH_SEED", seed.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            &[
+                ("CRASH_IMG", img.as_os_str()),
+                ("CRASH_ACK", ack.as_os_str()),
+                ("CRASH_SEED", seed.to_string().as_ref()),
+            ],
+            "crash_child_writer",
+        );
         std::thread::sleep(Duration::from_millis(5 + splitmix(seed) % 60));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -279,7 +290,6 @@ fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
 
 #[test]
 fn merge_harness() {
-    let exe = std::env::current_exe().unwrap();
     let mut rng = 0x3e76_u64;
     let (mut interrupted, mut finished) = (0, 0);
     for iter in 0..24 {
@@ -287,20 +297,13 @@ fn merge_harness() {
         let dir = tempfile::tempdir().unwrap();
         let model = merge_chain(dir.path(), rng);
         let (top, base) = (dir.path().join("top.vhd"), dir.path().join("base.vhd"));
-        let mut child = Command::new(&exe)
-            .args([
-                "crash_child_merger",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CRASH_IMG", &top)
-            .env("CRASH_INTO", &base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            &[
+                ("CRASH_IMG", top.as_os_str()),
+                ("CRASH_INTO", base.as_os_str()),
+            ],
+            "crash_child_merger",
+        );
         std::thread::sleep(Duration::from_millis(splitmix(rng) % 40));
         let _ = child.kill();
         let _ = child.wait();

@@ -15,6 +15,14 @@ pub struct Bat {
     entries: Vec<u32>,
 }
 
+/// Entries a table needs for a disk of `size` bytes in blocks of `block_size`,
+/// or `None` when that is more than [`MAX_ENTRIES`].
+pub fn entries_for(size: u64, block_size: u64) -> Option<u32> {
+    u32::try_from(size.div_ceil(block_size.max(1)))
+        .ok()
+        .filter(|&n| n <= MAX_ENTRIES)
+}
+
 /// Bytes the table of `entries` entries occupies on disk, rounded up to whole sectors.
 pub fn table_size(entries: u32) -> u64 {
     (u64::from(entries) * 4).div_ceil(512) * 512

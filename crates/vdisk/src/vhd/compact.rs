@@ -6,11 +6,11 @@
 //! the footer's identity (unique id, timestamp, creator), so differencing disks
 //! made over it still accept it as their parent.
 
-use super::bat::{self, Bat};
-use super::footer::{DiskType, NO_DATA_OFFSET};
+use super::bat;
+use super::footer::DiskType;
 use super::header::{DynamicHeader, HEADER_SIZE};
 use super::VhdDisk;
-use crate::io::{file_len, write_all_at, AtomicFile};
+use crate::io::{file_len, AtomicFile};
 use crate::ops::convert::copy_data;
 use crate::{Disk, Error, Result};
 use std::path::Path;
@@ -42,34 +42,20 @@ pub fn compact(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Compac
             ))
         }
     }
-    let before = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    let block_size = src.info()?.vhd.and_then(|v| v.block_size).unwrap_or(0);
-    let entries = u32::try_from(src.virtual_size().div_ceil(block_size.max(1)))
-        .ok()
-        .filter(|&n| n <= bat::MAX_ENTRIES)
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?;
+    let before = meta.len();
+    let block_size = src.block_size().unwrap_or(0);
+    let entries = bat::entries_for(src.virtual_size(), block_size)
         .ok_or_else(|| Error::corrupt(path, "too many blocks"))?;
 
     let (tmp, file) = AtomicFile::create(path)?;
-    let perms = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, "stat", e))?
-        .permissions();
-    file.set_permissions(perms)
+    file.set_permissions(meta.permissions())
         .map_err(|e| Error::io(tmp.temp_path(), "chmod", e))?;
+    // The same identity, in the layout of a new disk.
     let mut footer = src.footer().clone();
-    if footer.data_offset == NO_DATA_OFFSET {
-        return Err(Error::corrupt(path, "footer: no dynamic header"));
-    }
     footer.data_offset = 512;
-    let fb = footer.encode();
     let header = DynamicHeader::new(512 + HEADER_SIZE as u64, entries, block_size as u32);
-    let mut buf = Vec::new();
-    buf.extend_from_slice(&fb);
-    buf.extend_from_slice(&header.encode());
-    buf.extend_from_slice(&Bat::new(entries).encode());
-    buf.extend_from_slice(&fb);
-    write_all_at(&file, tmp.temp_path(), &buf, 0)?;
+    super::meta::write_empty_dynamic(&file, tmp.temp_path(), &footer, &header, &[])?;
     let handle = file
         .try_clone()
         .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;

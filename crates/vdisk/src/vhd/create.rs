@@ -12,7 +12,7 @@
 //! PC cannot use such a disk: `--compat vpc` rounds the size up to what a CHS
 //! geometry addresses exactly, as Virtual PC itself does.
 
-use super::bat::{self, Bat};
+use super::bat;
 use super::footer::{self, DiskType, Footer};
 use super::geometry::Geometry;
 use super::header::{block_size_problem, DynamicHeader, HEADER_SIZE};
@@ -162,25 +162,10 @@ pub fn write_new(file: &File, path: &Path, new: &NewVhd) -> Result<SizePlan> {
             if let Some(why) = block_size_problem(new.block_size) {
                 return Err(Error::InvalidArgument(why));
             }
-            let entries = u32::try_from(plan.size.div_ceil(new.block_size))
-                .ok()
-                .filter(|&n| n <= bat::MAX_ENTRIES)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "{} blocks of {} bytes are too many for one BAT; use a larger --block-size",
-                        plan.size.div_ceil(new.block_size),
-                        new.block_size
-                    ))
-                })?;
-            // Layout as Hyper-V and QEMU write it: footer copy, header, BAT, footer.
-            let table_offset = 512 + HEADER_SIZE as u64;
-            let header = DynamicHeader::new(table_offset, entries, new.block_size as u32);
-            let mut buf = Vec::new();
-            buf.extend_from_slice(&fb);
-            buf.extend_from_slice(&header.encode());
-            buf.extend_from_slice(&Bat::new(entries).encode());
-            buf.extend_from_slice(&fb);
-            write_all_at(file, path, &buf, 0)?;
+            let entries = too_many_blocks(plan.size, new.block_size)?;
+            let header =
+                DynamicHeader::new(512 + HEADER_SIZE as u64, entries, new.block_size as u32);
+            super::meta::write_empty_dynamic(file, path, &footer, &header, &[])?;
         }
         DiskType::Differencing => {
             return Err(Error::InvalidArgument(
@@ -189,6 +174,17 @@ pub fn write_new(file: &File, path: &Path, new: &NewVhd) -> Result<SizePlan> {
         }
     }
     Ok(plan)
+}
+
+/// The BAT entries for `size` bytes in `block_size`-byte blocks, or the error
+/// that says there are too many.
+fn too_many_blocks(size: u64, block_size: u64) -> Result<u32> {
+    bat::entries_for(size, block_size).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{} blocks of {block_size} bytes are too many for one BAT; use a larger --block-size",
+            size.div_ceil(block_size.max(1))
+        ))
+    })
 }
 
 /// Writes a new differencing disk over the VHD at `parent` into `file` (which
@@ -213,12 +209,7 @@ pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> 
         _ => std::path::PathBuf::from("."),
     };
     let child_dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
-    let entries = u32::try_from(plan.size.div_ceil(block_size))
-        .ok()
-        .filter(|&n| n <= bat::MAX_ENTRIES)
-        .ok_or_else(|| {
-            Error::InvalidArgument("too many blocks for one BAT; use a larger --block-size".into())
-        })?;
+    let entries = too_many_blocks(plan.size, block_size)?;
     let table_offset = 512 + HEADER_SIZE as u64;
     // Locator data right after the BAT.
     let links = super::locator::links(
@@ -232,14 +223,7 @@ pub fn write_child(file: &File, path: &Path, parent: &Path, block_size: u64) -> 
     header.parent_timestamp = links.timestamp;
     header.parent_unicode_name = links.name;
     header.locators = links.locators;
-    let fb = footer.encode();
-    let mut buf = Vec::new();
-    buf.extend_from_slice(&fb);
-    buf.extend_from_slice(&header.encode());
-    buf.extend_from_slice(&Bat::new(entries).encode());
-    buf.extend_from_slice(&links.data);
-    buf.extend_from_slice(&fb);
-    write_all_at(file, path, &buf, 0)?;
+    super::meta::write_empty_dynamic(file, path, &footer, &header, &links.data)?;
     Ok(plan)
 }
 

@@ -27,6 +27,7 @@ pub mod geometry;
 pub mod header;
 pub mod locator;
 pub mod merge;
+mod meta;
 pub mod relink;
 pub mod repair;
 pub mod resize;
@@ -278,6 +279,14 @@ impl VhdDisk {
         &self.footer
     }
 
+    /// The block size of a dynamic or differencing disk.
+    pub fn block_size(&self) -> Option<u64> {
+        match &self.layout {
+            Layout::Dynamic(d) => Some(d.block_size),
+            Layout::Fixed => None,
+        }
+    }
+
     /// The parent of a differencing disk.
     pub fn parent(&self) -> Option<&VhdDisk> {
         match &self.layout {
@@ -329,7 +338,6 @@ impl VhdDisk {
         for p in pieces(offset, buf.len() as u64, d.block_size) {
             let out = &mut buf[p.at as usize..(p.at + p.len) as usize];
             let guest = offset + p.at;
-            let what = || format!("block {} (BAT entry {})", p.block, p.block);
             match d.bat.block_offset(p.block) {
                 None => d.read_parent(out, guest)?,
                 Some(b) if d.parent.is_some() => {
@@ -343,7 +351,7 @@ impl VhdDisk {
                                 &self.path,
                                 o,
                                 b + d.bitmap_size + lo,
-                                &what(),
+                                format_args!("data of block {}", p.block),
                             )?;
                         } else {
                             d.read_parent(o, guest + (lo - p.within))?;
@@ -355,7 +363,7 @@ impl VhdDisk {
                     &self.path,
                     out,
                     b + d.bitmap_size + p.within,
-                    &what(),
+                    format_args!("data of block {}", p.block),
                 )?,
             }
         }
@@ -373,7 +381,7 @@ impl VhdDisk {
             &self.path,
             &mut bits,
             at,
-            &format!("sector bitmap of block {block}"),
+            format_args!("sector bitmap of block {block}"),
         )?;
         Ok(bits)
     }
@@ -397,13 +405,12 @@ impl VhdDisk {
             let at = (p.within - lo) as usize;
             sectors[at..at + p.len as usize]
                 .copy_from_slice(&buf[p.at as usize..(p.at + p.len) as usize]);
-            let footer = self.footer.encode();
             let Layout::Dynamic(d) = &mut self.layout else {
                 return Ok(());
             };
             let block_at = match d.bat.block_offset(p.block) {
                 Some(b) => b,
-                None => d.allocate(&self.file, &self.path, &footer, p.block)? - d.bitmap_size,
+                None => d.allocate(&self.file, &self.path, &self.footer, p.block)? - d.bitmap_size,
             };
             write_all_at(
                 &self.file,
@@ -437,27 +444,7 @@ fn open_dynamic(
     len: u64,
     virtual_size: u64,
 ) -> Result<Dynamic> {
-    let ho = footer.data_offset;
-    if ho
-        .checked_add(HEADER_SIZE as u64)
-        .is_none_or(|end| end > len)
-    {
-        return Err(Error::corrupt(
-            path,
-            format!("footer: data offset {ho} puts the dynamic header past the end of the file ({len} bytes)"),
-        ));
-    }
-    let mut hb = vec![0u8; HEADER_SIZE];
-    read_exact_at(file, path, &mut hb, ho, "dynamic header")?;
-    let header = DynamicHeader::decode(&hb)
-        .ok_or_else(|| Error::corrupt(path, "dynamic header: short read"))?;
-    let problems = header.problems();
-    if !problems.is_empty() {
-        return Err(Error::corrupt(
-            path,
-            format!("dynamic header at offset {ho}: {}", problems.join("; ")),
-        ));
-    }
+    let header = meta::read_header(file, path, footer, len)?;
     let block_size = u64::from(header.block_size);
     let needed = virtual_size.div_ceil(block_size);
     let entries = header.max_table_entries;
@@ -469,27 +456,12 @@ fn open_dynamic(
             ),
         ));
     }
-    if entries > bat::MAX_ENTRIES {
-        return Err(Error::unsupported(
-            path,
-            format!(
-                "dynamic header: max table entries is {entries}, more than the {} supported",
-                bat::MAX_ENTRIES
-            ),
-        ));
-    }
-    let table_len = bat::table_size(entries);
-    let to = header.table_offset;
-    if to.checked_add(table_len).is_none_or(|end| end > len) {
-        return Err(Error::corrupt(
-            path,
-            format!("dynamic header: the BAT ({table_len} bytes at offset {to}) extends past the end of the file ({len} bytes)"),
-        ));
-    }
-    // Bounded: table_len is at most 64 MiB and lies inside the file.
-    let mut tb = vec![0u8; table_len as usize];
-    read_exact_at(file, path, &mut tb, to, "BAT")?;
-    let bat = Bat::decode(&tb, entries).ok_or_else(|| Error::corrupt(path, "BAT: short read"))?;
+    let bat = meta::read_bat(file, path, &header, len)?;
+    let (ho, to, table_len) = (
+        footer.data_offset,
+        header.table_offset,
+        bat::table_size(entries),
+    );
     let bitmap_size = header.bitmap_size();
     let block_span = bitmap_size + block_size;
     let mut footer_pos = len.saturating_sub(FOOTER_SIZE as u64).div_ceil(512) * 512;
@@ -561,13 +533,7 @@ impl Dynamic {
 
     /// Places block `block` at the end of the file and writes the footer after
     /// it. The BAT entry and bitmap reach the disk at the next flush.
-    fn allocate(
-        &mut self,
-        file: &File,
-        path: &Path,
-        footer: &[u8; FOOTER_SIZE],
-        block: u64,
-    ) -> Result<u64> {
+    fn allocate(&mut self, file: &File, path: &Path, footer: &Footer, block: u64) -> Result<u64> {
         let pos = self.footer_pos;
         let sector = u32::try_from(pos / 512)
             .ok()
@@ -579,7 +545,7 @@ impl Dynamic {
                 )
             })?;
         let end = pos + self.bitmap_size + self.block_size;
-        write_all_at(file, path, footer, end)?;
+        write_all_at(file, path, &footer.encode(), end)?;
         let index =
             usize::try_from(block).map_err(|_| Error::corrupt(path, "block index overflow"))?;
         let dirty = self
@@ -638,14 +604,13 @@ impl Disk for VhdDisk {
             Layout::Fixed => write_all_at(&self.file, &self.path, buf, offset),
             Layout::Dynamic(d) if d.parent.is_some() => self.write_differencing(buf, offset),
             Layout::Dynamic(d) => {
-                let footer = self.footer.encode();
                 for p in pieces(offset, buf.len() as u64, d.block_size) {
                     let data = &buf[p.at as usize..(p.at + p.len) as usize];
                     let base = match d.bat.block_offset(p.block) {
                         Some(b) => b + d.bitmap_size,
                         // Zeros in a block with no storage read as zeros already.
                         None if is_zero(data) => continue,
-                        None => d.allocate(&self.file, &self.path, &footer, p.block)?,
+                        None => d.allocate(&self.file, &self.path, &self.footer, p.block)?,
                     };
                     write_all_at(&self.file, &self.path, data, base + p.within)?;
                 }
@@ -672,15 +637,13 @@ impl Disk for VhdDisk {
             for (pos, bits) in d.deferred_bits.values() {
                 write_all_at(&self.file, &self.path, bits, *pos)?;
             }
-            for &s in &d.dirty_bat {
-                let bytes = d.bat.encode_sector(s);
-                write_all_at(
-                    &self.file,
-                    &self.path,
-                    &bytes,
-                    d.header.table_offset + s as u64 * 512,
-                )?;
-            }
+            meta::write_bat_sectors(
+                &self.file,
+                &self.path,
+                &d.bat,
+                d.header.table_offset,
+                d.dirty_bat.iter().copied(),
+            )?;
             sync_data(&self.file, &self.path)?;
             d.pending_bitmaps.clear();
             d.deferred_bits.clear();

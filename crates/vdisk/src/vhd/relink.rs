@@ -7,9 +7,8 @@
 //! The old locator data stays behind, unreferenced.
 
 use super::footer::{self, DiskType, FOOTER_SIZE};
-use super::header::{DynamicHeader, HEADER_SIZE};
 use super::{read_footer, VhdDisk};
-use crate::io::{file_len, read_exact_at, sync_data, write_all_at};
+use crate::io::{file_len, sync_data, write_all_at};
 use crate::{Disk, Error, Result};
 use std::path::Path;
 
@@ -28,11 +27,7 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
         )));
     }
     let ho = ftr.data_offset;
-    let mut hb = vec![0u8; HEADER_SIZE];
-    read_exact_at(&file, child, &mut hb, ho, "dynamic header")?;
-    let mut header = DynamicHeader::decode(&hb)
-        .filter(|h| h.problems().is_empty())
-        .ok_or_else(|| Error::corrupt(child, "dynamic header is damaged"))?;
+    let mut header = super::meta::read_header(&file, child, &ftr, len)?;
 
     let base = VhdDisk::open(parent, false)?;
     let (child_size, _) = super::size::virtual_size(&ftr);

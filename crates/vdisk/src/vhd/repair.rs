@@ -9,9 +9,9 @@
 //! Each change is made durable before the next, in an order where a crash in
 //! between leaves an image at least as readable as before.
 
-use super::bat::{self, Bat};
+use super::bat;
 use super::footer::{DiskType, Footer, FOOTER_SIZE};
-use super::header::{DynamicHeader, HEADER_SIZE};
+use super::header::HEADER_SIZE;
 use crate::io::{file_len, read_exact_at, sync_data, write_all_at};
 use crate::{Error, Result};
 use std::fs::File;
@@ -40,40 +40,9 @@ pub fn repair_file(file: &File, path: &Path) -> Result<Vec<String>> {
         _ => return Ok(done),
     };
     let ho = footer.data_offset;
-    if ho.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > len) {
-        return Err(Error::corrupt(
-            path,
-            "cannot repair: the dynamic header lies past the end of the file",
-        ));
-    }
-    let mut hb = vec![0u8; HEADER_SIZE];
-    read_exact_at(file, path, &mut hb, ho, "dynamic header")?;
-    let header = DynamicHeader::decode(&hb)
-        .filter(|h| h.problems().is_empty())
-        .ok_or_else(|| {
-            Error::corrupt(
-                path,
-                "cannot repair: the dynamic header is damaged and has no copy",
-            )
-        })?;
-    let entries = header.max_table_entries;
-    let table_len = bat::table_size(entries);
-    if entries > bat::MAX_ENTRIES
-        || header
-            .table_offset
-            .checked_add(table_len)
-            .is_none_or(|e| e > len)
-    {
-        return Err(Error::corrupt(
-            path,
-            "cannot repair: the BAT lies past the end of the file",
-        ));
-    }
-    // Bounded: at most 64 MiB, inside the file.
-    let mut tb = vec![0u8; table_len as usize];
-    read_exact_at(file, path, &mut tb, header.table_offset, "BAT")?;
-    let mut table =
-        Bat::decode(&tb, entries).ok_or_else(|| Error::corrupt(path, "BAT: short read"))?;
+    let header = super::meta::read_header(file, path, &footer, len)?;
+    let mut table = super::meta::read_bat(file, path, &header, len)?;
+    let table_len = bat::table_size(header.max_table_entries);
     let span = header.bitmap_size() + u64::from(header.block_size);
 
     // 1. Blocks past the end of the file. Where the footer at the end is damaged,
@@ -97,14 +66,7 @@ pub fn repair_file(file: &File, path: &Path) -> Result<Vec<String>> {
     }
     if !dropped.is_empty() {
         let sectors: std::collections::BTreeSet<usize> = dropped.iter().map(|d| d.2).collect();
-        for s in sectors {
-            write_all_at(
-                file,
-                path,
-                &table.encode_sector(s),
-                header.table_offset + s as u64 * 512,
-            )?;
-        }
+        super::meta::write_bat_sectors(file, path, &table, header.table_offset, sectors)?;
         sync_data(file, path)?;
         for (index, off, _) in &dropped {
             done.push(format!(

@@ -9,7 +9,6 @@
 use super::bat::{self, Bat, UNUSED};
 use super::create::plan_size;
 use super::footer::{DiskType, Footer, FOOTER_SIZE};
-use super::header::{DynamicHeader, HEADER_SIZE};
 use super::{read_footer, VhdDisk, MAX_SIZE};
 use crate::io::{file_len, is_zero, read_exact_at, sync_data, write_all_at};
 use crate::{Disk, Error, ExtentKind, Result};
@@ -113,26 +112,16 @@ fn resize_dynamic(
     new: u64,
 ) -> Result<()> {
     let ho = footer.data_offset;
-    let mut hb = vec![0u8; HEADER_SIZE];
-    read_exact_at(file, path, &mut hb, ho, "dynamic header")?;
-    let mut header = DynamicHeader::decode(&hb)
-        .filter(|h| h.problems().is_empty())
-        .ok_or_else(|| Error::corrupt(path, "dynamic header is damaged"))?;
+    let mut header = super::meta::read_header(file, path, footer, len)?;
+    let mut table = super::meta::read_bat(file, path, &header, len)?;
     let bs = u64::from(header.block_size);
     let entries = header.max_table_entries;
     let table_len = bat::table_size(entries);
-    let mut tb = vec![0u8; table_len as usize];
-    read_exact_at(file, path, &mut tb, header.table_offset, "BAT")?;
-    let mut table =
-        Bat::decode(&tb, entries).ok_or_else(|| Error::corrupt(path, "BAT: short read"))?;
-    let needed = u32::try_from(new.div_ceil(bs))
-        .ok()
-        .filter(|&n| n <= bat::MAX_ENTRIES)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{new} bytes in {bs}-byte blocks: too many for one BAT"
-            ))
-        })?;
+    let needed = bat::entries_for(new, bs).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{new} bytes in {bs}-byte blocks: too many for one BAT"
+        ))
+    })?;
     let write_footers = |f: &Footer, end: u64| -> Result<()> {
         write_all_at(file, path, &f.encode(), end)?;
         sync_data(file, path)?;
@@ -150,14 +139,7 @@ fn resize_dynamic(
                 sectors.extend(table.set(i as usize, UNUSED));
             }
         }
-        for s in sectors {
-            write_all_at(
-                file,
-                path,
-                &table.encode_sector(s),
-                header.table_offset + s as u64 * 512,
-            )?;
-        }
+        super::meta::write_bat_sectors(file, path, &table, header.table_offset, sectors)?;
         return sync_data(file, path);
     }
     if needed > entries {
