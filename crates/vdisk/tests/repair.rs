@@ -161,6 +161,59 @@ fn compact_drops_zero_blocks_and_keeps_identity() {
     assert!(leftovers.is_empty());
 }
 
+#[test]
+fn compact_of_a_child_keeps_only_what_differs_from_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mut model) = image(dir.path());
+    let child = dir.path().join("child.vhd");
+    vdisk::create_child(&child, &base, 512 << 10, false).unwrap();
+    let base_bytes = std::fs::read(&base).unwrap();
+    {
+        let mut d = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+        // A copy of the parent's own data (redundant), zeros over zeros
+        // (redundant), zeros over the parent's data (kept: they hide it),
+        // and new data (kept), some of it sharing blocks with the rest.
+        let copy = model[4096..4096 + 70_000].to_vec();
+        d.write_at(&copy, 4096).unwrap();
+        d.write_at(&vec![0; 1 << 20], 8 << 20).unwrap();
+        d.write_at(&vec![0; 4096], 5 << 20).unwrap();
+        model[5 << 20..(5 << 20) + 4096].fill(0);
+        d.write_at(&vec![9; 3000], (8 << 20) + 1024).unwrap();
+        model[(8 << 20) + 1024..(8 << 20) + 4024].fill(9);
+        d.flush().unwrap();
+    }
+    assert!(contents(&child) == model);
+    let before = vdisk::open(&child, OpenOptions::default())
+        .unwrap()
+        .info()
+        .unwrap();
+    let c = vdisk::vhd::compact::compact(&child, &mut |_, _| {}).unwrap();
+    assert!(c.after < c.before, "{c:?}");
+    let d = vdisk::open(&child, OpenOptions::default()).unwrap();
+    let after = d.info().unwrap();
+    let (b, a) = (before.vhd.unwrap(), after.vhd.unwrap());
+    assert_eq!(b.unique_id, a.unique_id);
+    assert_eq!(b.timestamp, a.timestamp);
+    assert_eq!(b.parent.unwrap().unique_id, a.parent.unwrap().unique_id);
+    // Only the hiding zeros and the new data are the child's own, by sector.
+    let own = vdisk::vhd::VhdDisk::open(&child, false)
+        .unwrap()
+        .own_ranges()
+        .unwrap();
+    assert_eq!(own, vec![(5 << 20, 4096), ((8 << 20) + 1024, 3072)]);
+    drop(d);
+    assert!(contents(&child) == model);
+    assert!(vdisk::check(&child).unwrap().clean);
+    assert!(std::fs::read(&base).unwrap() == base_bytes, "the parent changed");
+    // The relative locator still leads to the parent after the chain moves.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for f in ["r.vhd", "child.vhd"] {
+        std::fs::rename(dir.path().join(f), moved.join(f)).unwrap();
+    }
+    assert!(contents(&moved.join("child.vhd")) == model);
+}
+
 fn qemu_size(path: &Path) -> u64 {
     let out = std::process::Command::new("qemu-img")
         .args(["info", "-f", "vpc", "--output", "json"])

@@ -5,7 +5,7 @@
 //! file of the parent's name beside the child. A candidate is the parent only if
 //! its unique id is the one the child recorded.
 
-use super::header::DynamicHeader;
+use super::header::{DynamicHeader, ParentLocator};
 use super::locator::{decode_parent_name, decode_utf16le, locator_path, W2KU, W2RU};
 use super::VhdDisk;
 use crate::io::{file_len, read_exact_at};
@@ -37,29 +37,7 @@ pub fn parent_candidates(file: &File, path: &Path, header: &DynamicHeader) -> Re
             .enumerate()
             .filter(|(_, l)| l.platform_code == code)
         {
-            let n = u64::from(l.platform_data_length);
-            if n == 0
-                || n > MAX_LOCATOR
-                || l.platform_data_offset
-                    .checked_add(n)
-                    .is_none_or(|e| e > len)
-            {
-                return Err(Error::corrupt(
-                    path,
-                    format!(
-                        "parent locator {i}: {n} bytes at offset {} lie outside the file",
-                        l.platform_data_offset
-                    ),
-                ));
-            }
-            let mut data = vec![0u8; n as usize];
-            read_exact_at(
-                file,
-                path,
-                &mut data,
-                l.platform_data_offset,
-                "parent locator",
-            )?;
+            let data = read_locator(file, path, i, l, len)?;
             let text = decode_utf16le(&data).ok_or_else(|| {
                 Error::corrupt(path, format!("parent locator {i}: not UTF-16 text"))
             })?;
@@ -77,6 +55,35 @@ pub fn parent_candidates(file: &File, path: &Path, header: &DynamicHeader) -> Re
     }
     out.dedup();
     Ok(out)
+}
+
+/// The data of parent locator `i`, `l`, of `path` (a file of `len` bytes):
+/// at most [`MAX_LOCATOR`] bytes, inside the file.
+pub(crate) fn read_locator(
+    file: &File,
+    path: &Path,
+    i: usize,
+    l: &ParentLocator,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let n = u64::from(l.platform_data_length);
+    if n == 0
+        || n > MAX_LOCATOR
+        || l.platform_data_offset
+            .checked_add(n)
+            .is_none_or(|e| e > len)
+    {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "parent locator {i}: {n} bytes at offset {} lie outside the file",
+                l.platform_data_offset
+            ),
+        ));
+    }
+    let mut data = vec![0u8; n as usize];
+    read_exact_at(file, path, &mut data, l.platform_data_offset, "parent locator")?;
+    Ok(data)
 }
 
 /// Opens the parent of the differencing disk at `path`, read-only.

@@ -287,6 +287,19 @@ impl VhdDisk {
         }
     }
 
+    /// The dynamic header of a dynamic or differencing disk.
+    pub fn dynamic_header(&self) -> Option<&DynamicHeader> {
+        match &self.layout {
+            Layout::Dynamic(d) => Some(&d.header),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// The open image file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The parent of a differencing disk.
     pub fn parent(&self) -> Option<&VhdDisk> {
         match &self.layout {
