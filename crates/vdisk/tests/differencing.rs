@@ -375,6 +375,42 @@ fn merge_into_the_base() {
 }
 
 #[test]
+fn merge_refuses_to_orphan_siblings_unless_allowed() {
+    use vdisk::vhd::merge::{merge, merge_with, MergeOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mid, top, model) = three_layers(dir.path());
+    // A second child of the base, and a child of the top disk, beside the chain.
+    let sibling = dir.path().join("sibling.vhd");
+    vdisk::create_child(&sibling, &base, 512 << 10, false).unwrap();
+    let before = std::fs::read(&mid).unwrap();
+    let e = merge(&top, Some(&base), &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("sibling.vhd") && e.contains("depend"), "{e}");
+    assert!(top.exists() && std::fs::read(&mid).unwrap() == before);
+    // Merging top into mid changes mid only: the base's other child is fine,
+    // but a child of top would lose its parent.
+    let grandchild = dir.path().join("grandchild.vhd");
+    vdisk::create_child(&grandchild, &top, 512 << 10, false).unwrap();
+    let e = merge(&top, None, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(
+        e.contains("grandchild.vhd") && !e.contains("sibling.vhd"),
+        "{e}"
+    );
+    let options = MergeOptions {
+        into: None,
+        allow_orphans: true,
+    };
+    let m = merge_with(&top, options, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        m.orphaned,
+        vec![std::fs::canonicalize(&grandchild).unwrap()]
+    );
+    assert!(read_all(&mid) == model);
+}
+
+#[test]
 fn check_finds_broken_parent_links() {
     use std::os::unix::fs::FileExt;
     use vdisk::vhd::header::DynamicHeader;

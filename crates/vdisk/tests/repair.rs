@@ -204,7 +204,10 @@ fn compact_of_a_child_keeps_only_what_differs_from_the_parent() {
     drop(d);
     assert!(contents(&child) == model);
     assert!(vdisk::check(&child).unwrap().clean);
-    assert!(std::fs::read(&base).unwrap() == base_bytes, "the parent changed");
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the parent changed"
+    );
     // The relative locator still leads to the parent after the chain moves.
     let moved = dir.path().join("moved");
     std::fs::create_dir(&moved).unwrap();

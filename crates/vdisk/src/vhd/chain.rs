@@ -82,7 +82,13 @@ pub(crate) fn read_locator(
         ));
     }
     let mut data = vec![0u8; n as usize];
-    read_exact_at(file, path, &mut data, l.platform_data_offset, "parent locator")?;
+    read_exact_at(
+        file,
+        path,
+        &mut data,
+        l.platform_data_offset,
+        "parent locator",
+    )?;
     Ok(data)
 }
 

@@ -6,9 +6,18 @@
 //! ones the merged disks hide, so while the merge runs, the chain from the child
 //! reads exactly as before: a crash at any point leaves it readable with the same
 //! contents, and running the merge again completes it.
+//!
+//! Other differencing disks over the disks that change (siblings of the child,
+//! children of a disk between) would read other data afterwards, or lose their
+//! parent, and no file links a parent to its children. So the folders of the
+//! chain are searched for them, and the merge is refused when one is found
+//! unless the caller allows it (Hyper-V asks the same question).
 
-use super::VhdDisk;
+use super::footer::DiskType;
+use super::{read_footer, VhdDisk};
+use crate::io::file_len;
 use crate::{Disk, Error, Result};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// What a merge did.
@@ -20,15 +29,46 @@ pub struct Merged {
     pub removed: Vec<PathBuf>,
     /// Bytes written into the target.
     pub bytes: u64,
+    /// Differencing disks over the changed disks that the merge went ahead
+    /// without (only when allowed): they no longer read what they did.
+    pub orphaned: Vec<PathBuf>,
+}
+
+/// How to merge.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeOptions<'a> {
+    /// Merge into this ancestor instead of the parent.
+    pub into: Option<&'a Path>,
+    /// Merge even when other differencing disks depend on the disks that change.
+    pub allow_orphans: bool,
 }
 
 /// Merges the differencing disk `child` into its parent, or into `into` (an
-/// ancestor in its chain), then removes `child` and any disk between.
+/// ancestor in its chain), then removes `child` and any disk between. Refused
+/// when other differencing disks in the chain's folders depend on a disk that
+/// changes.
 pub fn merge(
     child: &Path,
     into: Option<&Path>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Merged> {
+    merge_with(
+        child,
+        MergeOptions {
+            into,
+            allow_orphans: false,
+        },
+        progress,
+    )
+}
+
+/// [`merge`], with options.
+pub fn merge_with(
+    child: &Path,
+    options: MergeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Merged> {
+    let into = options.into;
     let top = VhdDisk::open(child, false)?;
     let mut layers: Vec<&VhdDisk> = vec![&top];
     while let Some(p) = layers.last().and_then(|l| l.parent()) {
@@ -60,6 +100,23 @@ pub fn merge(
             })?
         }
     };
+    let chain: Vec<PathBuf> = layers
+        .iter()
+        .map(|l| canon(l.path()))
+        .collect::<Result<_>>()?;
+    let changed: Vec<[u8; 16]> = layers[..=target_index]
+        .iter()
+        .map(|l| l.footer().unique_id)
+        .collect();
+    let orphaned = dependents(&chain, &changed);
+    if !orphaned.is_empty() && !options.allow_orphans {
+        let names: Vec<String> = orphaned.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::InvalidArgument(format!(
+            "{}: other differencing disks depend on the disks this merge changes, and would no longer read what they do: {} (merge or remove them first, or force the merge)",
+            child.display(),
+            names.join(", ")
+        )));
+    }
     // Every sector any merged disk holds, in order, overlaps joined.
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for l in &layers[..target_index] {
@@ -108,5 +165,50 @@ pub fn merge(
         target: target_path,
         removed,
         bytes: done,
+        orphaned,
     })
+}
+
+/// The most files looked at per folder while searching for dependents.
+const MAX_SCAN: usize = 10_000;
+
+/// Differencing disks in the folders of `chain` (canonical paths, child first)
+/// that are not in it and whose parent is one of the disks with unique ids
+/// `changed`. Files that cannot be read as VHDs are passed over.
+fn dependents(chain: &[PathBuf], changed: &[[u8; 16]]) -> Vec<PathBuf> {
+    let folders: BTreeSet<&Path> = chain.iter().filter_map(|p| p.parent()).collect();
+    let mut out = Vec::new();
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            continue;
+        };
+        for entry in entries.take(MAX_SCAN).flatten() {
+            let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+            let is_vhd = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("vhd") || e.eq_ignore_ascii_case("avhd"));
+            if !is_vhd || chain.contains(&path) {
+                continue;
+            }
+            if parent_id(&path).is_some_and(|id| changed.contains(&id)) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The parent unique id a differencing VHD records, read from its footer and
+/// dynamic header only; `None` for anything else.
+fn parent_id(path: &Path) -> Option<[u8; 16]> {
+    let file = std::fs::File::open(path).ok()?;
+    let len = file_len(&file, path).ok()?;
+    let (footer, _, _) = read_footer(&file, path, len).ok()?;
+    if footer.kind() != Some(DiskType::Differencing) {
+        return None;
+    }
+    let header = super::meta::read_header(&file, path, &footer, len).ok()?;
+    Some(header.parent_unique_id)
 }
