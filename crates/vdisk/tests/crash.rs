@@ -1,7 +1,14 @@
-//! Crash safety of dynamic VHD writes: a writer process is killed with SIGKILL at
-//! random moments while it writes and flushes. After each kill the image must
-//! check clean, read the same in qemu-img, and hold every write acknowledged by a
-//! flush; sectors written after the last flush may hold any of their versions.
+//! Crash safety: writers, merges, conversions and compactions are killed with
+//! SIGKILL at random, seeded moments (48 of each kind, 240 in all).
+//!
+//! - A writer of a dynamic or differencing disk: the image must check clean,
+//!   read the same in qemu-img, and hold every write acknowledged by a flush;
+//!   sectors written after the last flush may hold any of their versions.
+//! - A merge: the chain reads as before it, and merging again completes it.
+//! - A conversion or compaction: the output (or image) is the old file or the
+//!   new one, whole; only hidden temporary files are left behind.
+//!
+//! A parent's bytes never change.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -15,7 +22,7 @@ mod common;
 const SIZE: u64 = 8 << 20;
 const SECTOR: u64 = 512;
 const MAX_OPS: u64 = 3000;
-const ITERATIONS: u64 = 40;
+const ITERATIONS: u64 = 48;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -239,6 +246,7 @@ fn harness(differencing: bool) {
         model = got;
     }
     // The harness is only meaningful if kills land while the writer is busy.
+    eprintln!("{mid_run_kills} of {ITERATIONS} writers killed mid-run");
     assert!(
         mid_run_kills >= ITERATIONS / 2,
         "only {mid_run_kills} kills landed mid-run"
@@ -292,7 +300,7 @@ fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
 fn merge_harness() {
     let mut rng = 0x3e76_u64;
     let (mut interrupted, mut finished) = (0, 0);
-    for iter in 0..24 {
+    for iter in 0..ITERATIONS {
         rng = splitmix(rng);
         let dir = tempfile::tempdir().unwrap();
         let model = merge_chain(dir.path(), rng);
@@ -325,8 +333,245 @@ fn merge_harness() {
         );
         assert!(vdisk::check(&base).unwrap().clean, "iteration {iter}");
     }
+    eprintln!("{interrupted} of {ITERATIONS} merges killed mid-way");
     assert!(
-        interrupted >= 6,
-        "only {interrupted} of 24 merges were killed mid-way ({finished} finished)"
+        interrupted >= ITERATIONS / 4,
+        "only {interrupted} of {ITERATIONS} merges were killed mid-way ({finished} finished)"
+    );
+}
+
+/// Size of the disks converted and compacted: large enough that a run takes
+/// tens of milliseconds, so that kills land inside it.
+const BIG: u64 = 48 << 20;
+
+/// The converter or compactor, run in a child process.
+#[test]
+#[ignore = "run by convert_harness and compact_harness in a child process"]
+fn crash_child_rebuilder() {
+    let (Ok(job), Ok(img)) = (std::env::var("CRASH_JOB"), std::env::var("CRASH_IMG")) else {
+        return;
+    };
+    let img = Path::new(&img);
+    match job.as_str() {
+        "compact" => {
+            vdisk::vhd::compact::compact(img, &mut |_, _| {}).unwrap();
+        }
+        "convert-vhd" | "convert-raw" => {
+            let out = std::env::var("CRASH_OUT").unwrap();
+            let opts = CreateOptions {
+                format: if job == "convert-raw" {
+                    vdisk::Format::Raw
+                } else {
+                    vdisk::Format::Vhd
+                },
+                block_size: 512 << 10,
+                ..CreateOptions::default()
+            };
+            let src = vdisk::open(img, OpenOptions::default()).unwrap();
+            vdisk::ops::convert::convert(
+                src.as_ref(),
+                Path::new(&out),
+                &opts,
+                true,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        }
+        other => panic!("unknown job {other}"),
+    }
+}
+
+/// Writes scattered data, and zeros over some of it, into the disk at `path`
+/// (and into `model`); the zeros leave whole blocks that compact drops.
+fn scatter(path: &Path, model: &mut [u8], seed: u64) {
+    let mut d = vdisk::open(path, OpenOptions { writable: true }).unwrap();
+    let mut r = seed;
+    for i in 0..400u64 {
+        r = splitmix(r);
+        let len = (1 + (r >> 8) % 256) * SECTOR;
+        let off = ((r >> 24) % (BIG - len) / SECTOR) * SECTOR;
+        let b: Vec<u8> = if i % 5 == 0 {
+            vec![0; len as usize]
+        } else {
+            (0..len).map(|k| (splitmix(r ^ k) as u8) | 1).collect()
+        };
+        d.write_at(&b, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&b);
+    }
+    for block in (0..BIG).step_by(3 << 20) {
+        d.write_at(&vec![0; 512 << 10], block).unwrap();
+        model[block as usize..block as usize + (512 << 10)].fill(0);
+    }
+    d.flush().unwrap();
+}
+
+fn read_big(path: &Path) -> Vec<u8> {
+    let d = vdisk::open(path, OpenOptions::default()).unwrap();
+    let mut b = vec![0u8; d.virtual_size() as usize];
+    d.read_at(&mut b, 0).unwrap();
+    b
+}
+
+/// Files in `dir` other than `keep`: each must be a temporary file left by a
+/// killed run, named `.NAME.*.tmp`; they are removed.
+fn sweep_temps(dir: &Path, keep: &[&str], iter: u64) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if keep.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            name.starts_with('.') && name.ends_with(".tmp"),
+            "iteration {iter}: unexpected file {name}"
+        );
+        std::fs::remove_file(dir.join(&name)).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// Runs `job` in a child and kills it after a random delay; returns whether
+/// it was killed before it finished.
+fn kill_during(job: &str, env: &[(&str, &std::ffi::OsStr)], seed: u64, max_ms: u64) -> bool {
+    let mut all = vec![("CRASH_JOB", std::ffi::OsStr::new(job))];
+    all.extend_from_slice(env);
+    let mut child = spawn(&all, "crash_child_rebuilder");
+    std::thread::sleep(Duration::from_millis(splitmix(seed) % max_ms));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    !status.success()
+}
+
+#[test]
+fn convert_harness() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.vhd");
+    let opts = CreateOptions {
+        block_size: 512 << 10,
+        ..CreateOptions::default()
+    };
+    vdisk::create(&src, BIG, &opts, false).unwrap();
+    let mut model = vec![0u8; BIG as usize];
+    scatter(&src, &mut model, 0xc0de);
+    let src_bytes = std::fs::read(&src).unwrap();
+    // An older output that a forced conversion replaces: it must survive whole
+    // until the new one is complete.
+    let old = vec![0x5au8; BIG as usize];
+    let mut rng = 0xc0ff_u64;
+    let (mut killed, mut temps) = (0, 0);
+    for iter in 0..ITERATIONS {
+        rng = splitmix(rng);
+        let raw = iter % 2 == 0;
+        let out = dir.path().join(if raw { "out.raw" } else { "out.vhd" });
+        let keep_old = iter % 4 < 2;
+        if keep_old {
+            std::fs::write(&out, &old).unwrap();
+        } else {
+            let _ = std::fs::remove_file(&out);
+        }
+        let job = if raw { "convert-raw" } else { "convert-vhd" };
+        killed += kill_during(
+            job,
+            &[
+                ("CRASH_IMG", src.as_os_str()),
+                ("CRASH_OUT", out.as_os_str()),
+            ],
+            rng,
+            120,
+        ) as u64;
+        // The output is the old file, the complete new one, or absent.
+        if out.exists() {
+            let got = if raw {
+                std::fs::read(&out).unwrap()
+            } else {
+                assert!(vdisk::check(&out).unwrap().clean, "iteration {iter}");
+                read_big(&out)
+            };
+            assert!(
+                got == model || (keep_old && got == old),
+                "iteration {iter}: the output is neither the old file nor the whole conversion"
+            );
+        } else {
+            assert!(!keep_old, "iteration {iter}: the old output is gone");
+        }
+        assert!(
+            std::fs::read(&src).unwrap() == src_bytes,
+            "iteration {iter}: the source changed"
+        );
+        temps += sweep_temps(dir.path(), &["src.vhd", "out.raw", "out.vhd"], iter);
+        let _ = std::fs::remove_file(&out);
+    }
+    eprintln!("{killed} of {ITERATIONS} conversions killed mid-way");
+    assert!(
+        killed >= ITERATIONS / 4,
+        "only {killed} conversions were killed mid-way ({temps} left temporary files)"
+    );
+}
+
+#[test]
+fn compact_harness() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions {
+        block_size: 512 << 10,
+        ..CreateOptions::default()
+    };
+    // Templates: a dynamic disk, and a child over a base, each with data and
+    // zero blocks; each iteration compacts a fresh copy.
+    let (base, dyn_t, child_t) = (
+        dir.path().join("base.vhd"),
+        dir.path().join("dyn.template"),
+        dir.path().join("child.template"),
+    );
+    vdisk::create(&dyn_t, BIG, &opts, false).unwrap();
+    let mut dyn_model = vec![0u8; BIG as usize];
+    scatter(&dyn_t, &mut dyn_model, 0xd1);
+    vdisk::create(&base, BIG, &opts, false).unwrap();
+    let mut child_model = vec![0u8; BIG as usize];
+    scatter(&base, &mut child_model, 0xba5e);
+    let img = dir.path().join("img.vhd");
+    vdisk::create_child(&img, &base, 512 << 10, false).unwrap();
+    scatter(&img, &mut child_model, 0xc41d);
+    std::fs::rename(&img, &child_t).unwrap();
+    let base_bytes = std::fs::read(&base).unwrap();
+
+    let mut rng = 0xc0a7_u64;
+    let (mut killed, mut temps) = (0, 0);
+    for iter in 0..ITERATIONS {
+        rng = splitmix(rng);
+        let differencing = iter % 2 == 1;
+        let (template, model) = if differencing {
+            (&child_t, &child_model)
+        } else {
+            (&dyn_t, &dyn_model)
+        };
+        std::fs::copy(template, &img).unwrap();
+        let before = std::fs::read(&img).unwrap();
+        killed += kill_during("compact", &[("CRASH_IMG", img.as_os_str())], rng, 150) as u64;
+        // The image is the old file or the compacted one, either whole.
+        let now = std::fs::read(&img).unwrap();
+        assert!(
+            now == before || now.len() < before.len(),
+            "iteration {iter}: the image changed without being replaced"
+        );
+        assert!(vdisk::check(&img).unwrap().clean, "iteration {iter}");
+        assert!(
+            read_big(&img) == *model,
+            "iteration {iter}: the image reads differently after a killed compact"
+        );
+        assert!(
+            std::fs::read(&base).unwrap() == base_bytes,
+            "iteration {iter}: the parent changed"
+        );
+        temps += sweep_temps(
+            dir.path(),
+            &["base.vhd", "dyn.template", "child.template", "img.vhd"],
+            iter,
+        );
+    }
+    eprintln!("{killed} of {ITERATIONS} compactions killed mid-way");
+    assert!(
+        killed >= ITERATIONS / 4,
+        "only {killed} compactions were killed mid-way ({temps} left temporary files)"
     );
 }
