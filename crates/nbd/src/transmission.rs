@@ -138,7 +138,14 @@ impl Transmission<'_> {
         let len = u64::from(req.length);
         let inside = req.offset.checked_add(len).is_some_and(|end| end <= e.size);
         let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
-        let refusal = if writes && e.read_only {
+        let too_big =
+            matches!(got, Payload::TooBig) || (req.kind == cmd::READ && req.length > MAX_PAYLOAD);
+        let refusal = if too_big {
+            Some((
+                errno::EINVAL,
+                format!("requests are limited to {MAX_PAYLOAD} bytes"),
+            ))
+        } else if writes && e.read_only {
             Some((errno::EPERM, "the export is read-only".to_string()))
         } else if !inside {
             let code = if writes { errno::ENOSPC } else { errno::EINVAL };
@@ -148,13 +155,6 @@ impl Transmission<'_> {
                     "{} bytes at offset {} lie past the end of the export ({} bytes)",
                     len, req.offset, e.size
                 ),
-            ))
-        } else if matches!(got, Payload::TooBig)
-            || (req.kind == cmd::READ && req.length > MAX_PAYLOAD)
-        {
-            Some((
-                errno::EINVAL,
-                format!("requests are limited to {MAX_PAYLOAD} bytes"),
             ))
         } else {
             None
