@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use vdisk::{Disk, ExtentKind, OpenOptions};
+use vdisk::{ExtentKind, OpenOptions};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
