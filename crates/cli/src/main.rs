@@ -5,6 +5,8 @@
 #[macro_use]
 mod output;
 mod img;
+mod nbd;
+mod run;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -26,11 +28,19 @@ enum Command {
     /// Create, inspect, convert, check and compare disk images.
     #[command(subcommand)]
     Img(img::ImgCommand),
+    /// Serve disk images over NBD.
+    #[command(subcommand)]
+    Nbd(nbd::NbdCommand),
+    /// Boot a disk image in QEMU; the image is never modified (the instance
+    /// writes to a differencing disk over it).
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Img(c) => img::run(c),
+        Command::Nbd(c) => nbd::run(c),
+        Command::Run(a) => run::run(a),
     }
 }

@@ -1,0 +1,390 @@
+//! `vmhub run`: boot a disk image in QEMU without ever modifying it.
+//!
+//! The instance gets a differencing child over the image; vmhub serves the
+//! child (and through it the whole chain) on a private Unix socket with its
+//! NBD server, because QEMU cannot open differencing VHDs itself, and starts
+//! qemu-system-x86_64 on that socket. When QEMU exits (the guest powered off,
+//! Ctrl-C, or it failed to start), the server stops and flushes the child.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use vdisk::OpenOptions;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The disk image to boot (a VHD, or a differencing VHD and its chain).
+    pub image: PathBuf,
+    /// Guest memory, such as 512M or 2G.
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Firmware: SeaBIOS, or OVMF for UEFI guests.
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// Keep the instance's disk afterwards (the default), at --instance or
+    /// beside the image.
+    #[arg(long, conflicts_with = "rm")]
+    pub keep: bool,
+    /// Remove the instance's disk when QEMU exits: nothing of the run remains.
+    #[arg(long)]
+    pub rm: bool,
+    /// Where to create the instance's differencing disk [default: beside the
+    /// image, named IMAGE-STEM.run-TIME.vhd].
+    #[arg(long, value_name = "FILE")]
+    pub instance: Option<PathBuf>,
+    /// Accelerator: KVM when it works, else TCG (auto), or one of them.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Where the guest's console goes: the first serial port on this terminal,
+    /// or a window with the screen.
+    #[arg(long, value_enum, default_value_t = Console::Serial)]
+    pub console: Console,
+    /// How the disk is attached.
+    #[arg(long, value_enum, default_value_t = Bus::Virtio)]
+    pub bus: Bus,
+    /// The QEMU binary [default: $VMHUB_QEMU, else qemu-system-x86_64].
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// More arguments for QEMU, after `--`.
+    #[arg(last = true)]
+    pub qemu_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Console {
+    Serial,
+    Window,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Bus {
+    Virtio,
+    Ide,
+    Nvme,
+}
+
+/// Runs `vmhub run` and returns the process exit code.
+pub fn run(args: RunArgs) -> ExitCode {
+    match boot(&args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vmhub: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Where the OVMF firmware may be, in the order tried.
+const OVMF: &[&str] = &[
+    "/usr/share/ovmf/OVMF.fd",
+    "/usr/share/OVMF/OVMF.fd",
+    "/usr/share/qemu/OVMF.fd",
+    "/usr/share/edk2/ovmf/OVMF.fd",
+];
+
+fn qemu_binary(args: &RunArgs) -> PathBuf {
+    args.qemu
+        .clone()
+        .or_else(|| std::env::var_os("VMHUB_QEMU").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// Boots the image; returns the exit code to give (0 when QEMU exited cleanly).
+fn boot(args: &RunArgs) -> Result<u8> {
+    let qemu = qemu_binary(args);
+    let version = Command::new(&qemu)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !version.is_ok_and(|s| s.success()) {
+        bail!(
+            "{}: cannot run it; install QEMU (Debian: qemu-system-x86) or name it with --qemu",
+            qemu.display()
+        );
+    }
+    let bios = match args.firmware {
+        Firmware::Bios => None,
+        Firmware::Uefi => Some(
+            OVMF.iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .context("UEFI firmware (OVMF.fd) not found; install it (Debian: ovmf)")?,
+        ),
+    };
+    let private = tempfile::Builder::new()
+        .prefix("vmhub-run.")
+        .tempdir()
+        .context("cannot create a private folder for the NBD socket")?;
+    let accel = match args.accel {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+        Accel::Auto => match probe_kvm(&qemu, private.path()) {
+            Ok(()) => "kvm",
+            Err(why) => {
+                eprintln!("vmhub: KVM is not usable here ({why}); using TCG, which is slower");
+                "tcg"
+            }
+        },
+    };
+
+    // The instance: a differencing child over the image, which is only read.
+    let instance = match (&args.instance, args.rm) {
+        (Some(p), _) => p.clone(),
+        (None, true) => private.path().join("instance.vhd"),
+        (None, false) => default_instance(&args.image)?,
+    };
+    vdisk::create_child(&instance, &args.image, 2 << 20, false)
+        .with_context(|| format!("cannot create the instance disk {}", instance.display()))?;
+    let outcome = serve_and_boot(
+        args,
+        &qemu,
+        accel,
+        bios.as_deref(),
+        &instance,
+        private.path(),
+    );
+    if args.rm {
+        if let Err(e) = std::fs::remove_file(&instance) {
+            eprintln!(
+                "vmhub: warning: cannot remove the instance disk {}: {e}",
+                instance.display()
+            );
+        }
+    } else {
+        eprintln!(
+            "vmhub: the instance's changes are in {} (boot it again with `vmhub run {0}`, fold them into the image with `vmhub img merge {0}`)",
+            instance.display()
+        );
+    }
+    outcome
+}
+
+/// The default instance disk beside `image`: `STEM.run-SECONDS.vhd`.
+fn default_instance(image: &Path) -> Result<PathBuf> {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    for n in 0..100u32 {
+        let name = if n == 0 {
+            format!("{stem}.run-{secs}.vhd")
+        } else {
+            format!("{stem}.run-{secs}-{n}.vhd")
+        };
+        let p = dir.join(name);
+        if !p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{}: no free name for an instance disk", dir.display())
+}
+
+fn serve_and_boot(
+    args: &RunArgs,
+    qemu: &Path,
+    accel: &str,
+    bios: Option<&Path>,
+    instance: &Path,
+    private: &Path,
+) -> Result<u8> {
+    let disk = vdisk::open(instance, OpenOptions { writable: true })
+        .with_context(|| format!("cannot open {}", instance.display()))?;
+    let socket = private.join("nbd.sock");
+    let listener = nbd::Listener::unix(&socket).context("cannot listen for QEMU")?;
+    let server = nbd::Server::new(vec![nbd::Export {
+        name: "disk".into(),
+        description: instance.display().to_string(),
+        disk,
+        read_only: false,
+    }])
+    .with_log(|m| eprintln!("vmhub: nbd: {m}"));
+    let stop = server.stop_handle();
+
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", &format!("pc,accel={accel}")])
+        .args(["-m", &args.memory])
+        .args(["-smp", &args.cpus.to_string()])
+        .arg("-blockdev")
+        .arg(format!(
+            "driver=nbd,node-name=disk0,server.type=unix,server.path={},export=disk",
+            socket.display()
+        ))
+        .arg("-device")
+        .arg(match args.bus {
+            Bus::Virtio => "virtio-blk-pci,drive=disk0,bootindex=0",
+            Bus::Ide => "ide-hd,drive=disk0,bus=ide.0,bootindex=0",
+            Bus::Nvme => "nvme,drive=disk0,serial=vmhub,bootindex=0",
+        });
+    if let Some(b) = bios {
+        cmd.arg("-bios").arg(b);
+    }
+    if args.console == Console::Serial {
+        cmd.args(["-display", "none", "-serial", "mon:stdio"]);
+    }
+    cmd.args(&args.qemu_args);
+
+    std::thread::scope(|scope| -> Result<u8> {
+        let served = scope.spawn(|| server.run(&listener));
+        let status = launch(cmd);
+        stop.stop();
+        let served = served
+            .join()
+            .map_err(|_| anyhow::anyhow!("the NBD server failed"))?;
+        served.context("the NBD server failed")?;
+        let status = status?;
+        match status.code() {
+            Some(0) => Ok(0),
+            Some(c) => {
+                eprintln!("vmhub: {} exited with status {c}", qemu.display());
+                Ok(u8::try_from(c).unwrap_or(1).max(1))
+            }
+            None => {
+                eprintln!("vmhub: {} was stopped by a signal", qemu.display());
+                Ok(1)
+            }
+        }
+    })
+}
+
+/// Starts QEMU and waits for it. Ctrl-C or SIGTERM sent to vmhub alone ends
+/// QEMU (which the terminal's Ctrl-C reaches by itself).
+fn launch(mut cmd: Command) -> Result<std::process::ExitStatus> {
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    let _ = ctrlc::set_handler(move || {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    });
+    let mut child = child;
+    child.wait().context("waiting for QEMU")
+}
+
+/// Whether KVM runs guest code here. A tiny firmware enters 32-bit protected
+/// mode, returns through an IRET and writes to QEMU's exit port, which must
+/// make QEMU exit with code 3 within a few seconds. Neither the device node
+/// nor a QEMU that starts proves anything: on nested machines KVM may fail
+/// only once the guest leaves real mode (an emulation failure, and a hang).
+fn probe_kvm(qemu: &Path, dir: &Path) -> std::result::Result<(), String> {
+    let dev = Path::new("/dev/kvm");
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .is_err()
+    {
+        return Err("/dev/kvm cannot be opened".into());
+    }
+    let fw = probe_firmware();
+    let fw_path = dir.join("kvm-probe.bin");
+    std::fs::write(&fw_path, fw).map_err(|e| format!("{}: {e}", fw_path.display()))?;
+    let mut child = Command::new(qemu)
+        .args([
+            "-machine",
+            "pc,accel=kvm",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-bios")
+        .arg(&fw_path)
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.code() == Some(3) => return Ok(()),
+            Ok(Some(s)) => return Err(format!("a test guest ended with {s}")),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("a test guest hung".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The probe's 64 KiB firmware, mapped at 0xF0000. Its code, hand-assembled:
+///
+/// ```text
+/// F000:FFF0  jmp far F000:0000                 ; the reset vector
+/// F000:0000  cli
+///            lgdt cs:[0x220]                   ; GDT at 0xF0200
+///            mov eax, cr0 / or al, 1 / mov cr0, eax
+///            jmp far dword 0x08:0xF0100        ; into 32-bit code
+/// 0xF0100    mov ax, 0x10 / mov ds, ax / mov ss, ax / mov esp, 0x7000
+///            pushfd / push 0x08 / push 0xF0116 / iretd
+/// 0xF0116    mov al, 1 / out 0xF4, al / hlt / jmp $-1
+/// ```
+fn probe_firmware() -> Vec<u8> {
+    let mut fw = vec![0u8; 64 << 10];
+    let real: [u8; 23] = [
+        0xfa, 0x2e, 0x0f, 0x01, 0x16, 0x20, 0x02, 0x0f, 0x20, 0xc0, 0x0c, 0x01, 0x0f, 0x22, 0xc0,
+        0x66, 0xea, 0x00, 0x01, 0x0f, 0x00, 0x08, 0x00,
+    ];
+    fw[..real.len()].copy_from_slice(&real);
+    let protected: [u8; 29] = [
+        0x66, 0xb8, 0x10, 0x00, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x70, 0x00, 0x00, 0x9c, 0x6a,
+        0x08, 0x68, 0x16, 0x01, 0x0f, 0x00, 0xcf, 0xb0, 0x01, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd,
+    ];
+    fw[0x100..0x100 + protected.len()].copy_from_slice(&protected);
+    // Null, flat code and flat data descriptors, and the GDT register.
+    let gdt: [u8; 24] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0x9a, 0xcf, 0, 0xff, 0xff, 0, 0, 0, 0x92,
+        0xcf, 0,
+    ];
+    fw[0x200..0x218].copy_from_slice(&gdt);
+    fw[0x220..0x226].copy_from_slice(&[0x17, 0x00, 0x00, 0x02, 0x0f, 0x00]);
+    fw[0xfff0..0xfff5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+    fw
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_probe_firmware_is_the_one_assembled_by_hand() {
+        let fw = super::probe_firmware();
+        assert_eq!(fw.len(), 65536);
+        // The far jump into 32-bit code lands on it, and the IRET returns to
+        // the exit port write.
+        assert_eq!(&fw[0x11..0x15], &0x000f_0100u32.to_le_bytes());
+        assert_eq!(&fw[0x111..0x115], &0x000f_0116u32.to_le_bytes());
+        assert_eq!(&fw[0x116..0x11a], &[0xb0, 0x01, 0xe6, 0xf4]);
+    }
+}
