@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
 # Installs the peers the test suite checks vmhub against, when they are missing:
-# qemu-img/qemu-io (qemu-utils, expected present) and vhdiinfo (libvhdi-utils).
+# qemu-img/qemu-io (qemu-utils, expected present) and vhdiinfo (libvhdi-utils);
+# the tools scripts/tiny-machine.sh builds a bootable test disk with; and
+# qemu-system-x86_64 (through scripts/qemu-system.sh, from backports).
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# Finds a command also in the sbin directories, which a non-root PATH may lack.
+have() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+# True when the Debian package is installed.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 need=()
 command -v vhdiinfo >/dev/null 2>&1 || need+=(libvhdi-utils)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+# For scripts/tiny-machine.sh.
+have syslinux || need+=(syslinux)
+[ -e /usr/lib/syslinux/mbr/mbr.bin ] || need+=(syslinux-common)
+have mcopy || need+=(mtools)
+have mkfs.vfat || need+=(dosfstools)
+{ have mke2fs && have debugfs; } || need+=(e2fsprogs)
+installed busybox-static || need+=(busybox-static)
+have cpio || need+=(cpio)
+have sfdisk || need+=(fdisk)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -17,6 +34,16 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     # --no-upgrade keeps the installed qemu-utils (10.x from backports) untouched.
     apt-get install -y -qq --no-upgrade "${need[@]}" >/dev/null
+fi
+
+# qemu-system-x86_64 must come from the same backports suite as qemu-utils 10.x;
+# the stable one would replace qemu-utils. qemu-system.sh explains and does it.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps.sh: missing qemu-system-x86_64; run as root or see scripts/qemu-system.sh" >&2
+        exit 1
+    fi
+    bash "$here/qemu-system.sh"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -1,0 +1,316 @@
+//! End to end: a tiny real machine (built from Debian packages by
+//! scripts/tiny-machine.sh, without mounts or root) is turned into a dynamic
+//! VHD and booted with `vmhub run --accel tcg`. The guest prints a marker read
+//! from its own disk, writes a file and counts its boots on the disk, and
+//! powers off. The file must then be in the instance's differencing disk, and
+//! the image that was booted must not have changed by a byte. A second boot
+//! goes through a two-level chain. Also: a QEMU that cannot start reports its
+//! error at once, and SIGINT stops QEMU and the NBD server cleanly.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const VMHUB: &str = env!("CARGO_BIN_EXE_vmhub");
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The tiny machine's image and layout, built into `dir`.
+struct Tiny {
+    raw: PathBuf,
+    marker: String,
+    root_offset: u64,
+    root_size: u64,
+}
+
+fn build_tiny(dir: &Path, marker: &str) -> Tiny {
+    // Downloaded packages are kept between runs under target/.
+    let cache = workspace().join("target/tiny-machine-cache");
+    let out = Command::new("bash")
+        .arg(workspace().join("scripts/tiny-machine.sh"))
+        .arg(dir)
+        .arg(marker)
+        .env("VMHUB_CACHE", &cache)
+        .output()
+        .expect("bash must be installed");
+    assert!(
+        out.status.success(),
+        "scripts/tiny-machine.sh failed (scripts/deps.sh installs what it needs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(dir.join("tiny.env")).unwrap();
+    let var = |name: &str| -> String {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from tiny.env"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    Tiny {
+        raw: dir.join("tiny.raw"),
+        marker: var("TINY_MARKER"),
+        root_offset: var("TINY_ROOT_OFFSET").parse().unwrap(),
+        root_size: var("TINY_ROOT_SIZE").parse().unwrap(),
+    }
+}
+
+fn vmhub(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = Command::new(VMHUB).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "vmhub {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `vmhub run IMAGE --accel tcg ARGS`, with the console captured; returns
+/// (exit status, console text with CRs removed, stderr).
+fn boot(image: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(VMHUB)
+        .arg("run")
+        .arg(image)
+        .args(["--accel", "tcg", "--memory", "256M"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, Duration::from_secs(300), "vmhub run");
+    (
+        status,
+        reader.join().unwrap().replace('\r', ""),
+        err_reader.join().unwrap(),
+    )
+}
+
+/// The file `name` of the guest's root filesystem, read from the chain whose
+/// top is `image`: flattened by vmhub, the partition cut out, read by debugfs.
+fn guest_file(image: &Path, tiny: &Tiny, dir: &Path, name: &str) -> String {
+    let flat = dir.join("flat.raw");
+    let _ = std::fs::remove_file(&flat);
+    vmhub(&[
+        "img".as_ref(),
+        "convert".as_ref(),
+        "--format".as_ref(),
+        "raw".as_ref(),
+        image.as_os_str(),
+        flat.as_os_str(),
+    ]);
+    let bytes = std::fs::read(&flat).unwrap();
+    let part = &bytes[tiny.root_offset as usize..(tiny.root_offset + tiny.root_size) as usize];
+    let root = dir.join("root.img");
+    std::fs::write(&root, part).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat /{name}")])
+        .arg(&root)
+        .output()
+        .expect("debugfs (e2fsprogs) must be installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn boots_a_machine_and_a_chain_without_changing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("marker-{}", std::process::id());
+    let tiny = build_tiny(dir.path(), &marker);
+    let base = dir.path().join("base.vhd");
+    vmhub(&[
+        "img".as_ref(),
+        "convert".as_ref(),
+        tiny.raw.as_os_str(),
+        base.as_os_str(),
+    ]);
+    let base_hash = sha256(&base);
+
+    // First boot: base ← first.
+    let first = dir.path().join("first.vhd");
+    let (status, console, err) = boot(&base, &["--keep", "--instance", first.to_str().unwrap()]);
+    assert!(status.success(), "vmhub run failed: {err}\n{console}");
+    assert!(
+        console
+            .lines()
+            .any(|l| l == format!("VMHUB-MARKER: {}", tiny.marker)),
+        "no marker line on the console:\n{console}"
+    );
+    assert!(console.lines().any(|l| l == "VMHUB-BOOT: 1"), "{console}");
+    assert!(console.lines().any(|l| l == "VMHUB-DONE"), "{console}");
+    assert_eq!(sha256(&base), base_hash, "the booted image changed");
+    assert_eq!(
+        guest_file(&first, &tiny, dir.path(), "written-by-guest.txt"),
+        format!("{} ok", tiny.marker)
+    );
+    // The guest's writes are in the instance only.
+    assert_eq!(
+        guest_file(&base, &tiny, dir.path(), "written-by-guest.txt"),
+        ""
+    );
+    let check = Command::new(VMHUB)
+        .args(["img", "check"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // Second boot, through a two-level chain base ← first ← second: the
+    // guest finds the first boot's count, from the middle of the chain.
+    let first_hash = sha256(&first);
+    let second = dir.path().join("second.vhd");
+    let (status, console, err) = boot(&first, &["--instance", second.to_str().unwrap()]);
+    assert!(status.success(), "vmhub run failed: {err}\n{console}");
+    assert!(console.lines().any(|l| l == "VMHUB-BOOT: 2"), "{console}");
+    assert!(console
+        .lines()
+        .any(|l| l == format!("VMHUB-MARKER: {}", tiny.marker)));
+    assert_eq!(sha256(&base), base_hash, "the base changed");
+    assert_eq!(
+        sha256(&first),
+        first_hash,
+        "the middle of the chain changed"
+    );
+    assert_eq!(guest_file(&second, &tiny, dir.path(), "boots.txt"), "2");
+
+    // --rm leaves nothing behind.
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    let (status, console, _) = boot(&base, &["--rm"]);
+    assert!(
+        status.success() && console.contains("VMHUB-BOOT: 1"),
+        "{console}"
+    );
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(before.len(), after.len(), "--rm left a file behind");
+    assert_eq!(sha256(&base), base_hash);
+}
+
+#[test]
+fn a_qemu_that_cannot_start_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("empty.vhd");
+    vmhub(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        image.as_os_str(),
+        "16M".as_ref(),
+    ]);
+    let (status, _, err) = boot(&image, &["--rm", "--", "-device", "no-such-device"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("no-such-device"),
+        "QEMU's own error is not shown: {err}"
+    );
+    assert!(err.contains("exited with status"), "{err}");
+    // A QEMU binary that does not exist.
+    let (status, _, err) = boot(&image, &["--rm", "--qemu", "/nonexistent/qemu"]);
+    assert!(!status.success());
+    assert!(err.contains("/nonexistent/qemu"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the image should remain");
+}
+
+#[test]
+fn sigint_stops_qemu_and_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("blank.vhd");
+    vmhub(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        image.as_os_str(),
+        "16M".as_ref(),
+    ]);
+    let hash = sha256(&image);
+    let instance = dir.path().join("inst.vhd");
+    // A blank disk does not boot: SeaBIOS waits for ever, until interrupted.
+    let mut child = Command::new(VMHUB)
+        .arg("run")
+        .arg(&image)
+        .args(["--accel", "tcg", "--instance"])
+        .arg(&instance)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "vmhub run ended early");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(30),
+        "vmhub run after SIGINT",
+    );
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("inst.vhd"), "{status:?}: {err}");
+    assert_eq!(sha256(&image), hash);
+    let check = Command::new(VMHUB)
+        .args(["img", "check"])
+        .arg(&instance)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // No QEMU is left running on this instance.
+    let ps = Command::new("pgrep")
+        .args(["-f", instance.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "a process still uses the instance");
+}
