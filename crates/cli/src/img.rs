@@ -82,6 +82,10 @@ pub enum ImgCommand {
         /// Merge into this ancestor instead of the parent; the disks between are removed too.
         #[arg(long)]
         into: Option<PathBuf>,
+        /// Merge even though other differencing disks beside the chain depend on
+        /// a disk that changes (they will no longer read what they did).
+        #[arg(long)]
+        force: bool,
         /// Show a progress bar (shown anyway when stderr is a terminal).
         #[arg(long)]
         progress: bool,
@@ -122,6 +126,8 @@ pub enum ImgCommand {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+    /// Time reads of an image: IOPS and throughput of N reads of SIZE bytes.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// How results are printed.
@@ -327,6 +333,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let extents = disk.map(0, disk.virtual_size())?;
             print_map(&extents, output)?;
         }
+        ImgCommand::Bench(args) => crate::bench::run(args)?,
         ImgCommand::Resize { file, size, force } => {
             for n in vdisk::vhd::resize::resize(&file, size, force)? {
                 eprintln!("vmhub: note: {n}");
@@ -348,11 +355,22 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
         ImgCommand::Merge {
             child,
             into,
+            force,
             progress,
         } => {
             let mut bar = Progress::new(progress, "merging");
-            let m = vdisk::vhd::merge::merge(&child, into.as_deref(), &mut |d, t| bar.set(d, t))?;
+            let options = vdisk::vhd::merge::MergeOptions {
+                into: into.as_deref(),
+                allow_orphans: force,
+            };
+            let m = vdisk::vhd::merge::merge_with(&child, options, &mut |d, t| bar.set(d, t))?;
             bar.finish();
+            for p in &m.orphaned {
+                eprintln!(
+                    "vmhub: warning: {} depended on a disk this merge changed and no longer reads what it did",
+                    p.display()
+                );
+            }
             let removed: Vec<String> = m.removed.iter().map(|p| p.display().to_string()).collect();
             out!(
                 "Merged {} into {} ({} written); removed {}",

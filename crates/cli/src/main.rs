@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod output;
+mod bench;
 mod img;
 mod nbd;
 mod run;

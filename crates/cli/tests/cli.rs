@@ -99,3 +99,62 @@ fn check_repair_fixes_a_damaged_footer() {
     let out = vmhub().args(["img", "check"]).arg(&img).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn bench_counts_its_reads_and_refuses_a_bad_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhd");
+    let child = dir.path().join("child.vhd");
+    assert!(vmhub()
+        .args(["img", "create"])
+        .arg(&base)
+        .arg("8M")
+        .status()
+        .unwrap()
+        .success());
+    assert!(vmhub()
+        .args(["img", "create"])
+        .arg(&child)
+        .arg("--parent")
+        .arg(&base)
+        .status()
+        .unwrap()
+        .success());
+    for pattern in ["random", "sequential"] {
+        let out = vmhub()
+            .args(["img", "bench", "--output", "json", "--count", "300"])
+            .args(["--size", "8K", "--pattern", pattern])
+            .arg(&child)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["reads"], 300, "{v}");
+        assert_eq!(v["read-size"], 8192, "{v}");
+        assert_eq!(v["bytes"], 300 * 8192, "{v}");
+        assert_eq!(v["pattern"], pattern, "{v}");
+        assert!(v["seconds"].as_f64().unwrap() >= 0.0, "{v}");
+    }
+
+    // Not a whole number of sectors, too small, too large, larger than the disk.
+    for size in ["1000", "256", "32M", "16M"] {
+        let out = vmhub()
+            .args(["img", "bench", "--size", size])
+            .arg(&child)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "--size {size}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--size"), "--size {size}: {err}");
+    }
+    let out = vmhub()
+        .args(["img", "bench", "--count", "0"])
+        .arg(&child)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
