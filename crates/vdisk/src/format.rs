@@ -107,6 +107,23 @@ pub fn sniff_file(file: &File, path: &Path) -> Result<Format> {
 
 /// Opens `path` for reading, and for writing when `writable`.
 pub(crate) fn open_file(path: &Path, writable: bool) -> Result<File> {
+    // Only files and block devices hold disks. Anything else is refused before
+    // it is opened: opening a FIFO would wait for a writer for ever.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+    let kind = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: is a directory, not a disk image",
+            path.display()
+        )));
+    }
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: not a regular file or block device, so not a disk image",
+            path.display()
+        )));
+    }
     std::fs::OpenOptions::new()
         .read(true)
         .write(writable)

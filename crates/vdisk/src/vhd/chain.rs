@@ -53,7 +53,8 @@ pub fn parent_candidates(file: &File, path: &Path, header: &DynamicHeader) -> Re
             out.push(dir.join(base));
         }
     }
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     Ok(out)
 }
 
@@ -67,8 +68,13 @@ pub(crate) fn read_locator(
     len: u64,
 ) -> Result<Vec<u8>> {
     let n = u64::from(l.platform_data_length);
-    if n == 0
-        || n > MAX_LOCATOR
+    if n == 0 {
+        return Err(Error::corrupt(
+            path,
+            format!("parent locator {i}: its data length is zero"),
+        ));
+    }
+    if n > MAX_LOCATOR
         || l.platform_data_offset
             .checked_add(n)
             .is_none_or(|e| e > len)
@@ -107,40 +113,94 @@ pub(crate) fn open_parent(
     }
     let candidates = parent_candidates(file, path, header)?;
     let want = super::footer::uuid_text(&header.parent_unique_id);
-    let mut wrong = Vec::new();
+    // Why each candidate was not the parent, to name them all if none is.
+    let mut rejected: Vec<String> = Vec::new();
+    let mut looped = None;
     for c in &candidates {
         let Ok(canon) = std::fs::canonicalize(c) else {
+            rejected.push(format!("{} does not exist", c.display()));
             continue;
         };
-        if opening.files.contains(&canon) {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "the chain loops: its parent {} is already in the chain",
-                    c.display()
-                ),
+        // Only the footer decides whether a file is the parent; its own chain
+        // is opened only then, so that a stranger's broken chain, or a file
+        // that is no VHD at all, is passed over rather than reported.
+        let id = match unique_id_of(&canon) {
+            Ok(id) => id,
+            Err(e) => {
+                rejected.push(format!("{} is not a VHD ({})", c.display(), describe(&e)));
+                continue;
+            }
+        };
+        if id != header.parent_unique_id {
+            rejected.push(format!(
+                "{} has unique id {}",
+                c.display(),
+                super::footer::uuid_text(&id)
             ));
+            continue;
         }
-        let parent = VhdDisk::open_in_chain(&canon, false, opening)?;
-        if parent.footer().unique_id == header.parent_unique_id {
-            return Ok(parent);
+        if opening.files.contains(&canon) {
+            looped = Some(c.clone());
+            continue;
         }
-        wrong.push(format!(
-            "{} has unique id {}",
-            c.display(),
-            parent.footer().unique_id_text()
+        return VhdDisk::open_in_chain(&canon, false, opening);
+    }
+    if let Some(c) = looped {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "the chain loops: its parent {} is already in the chain",
+                c.display()
+            ),
         ));
     }
-    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    let wrong_id = rejected.iter().any(|r| r.contains("has unique id"));
     Err(Error::corrupt(
         path,
-        if wrong.is_empty() {
-            format!("parent not found (tried {})", tried.join(", "))
-        } else {
+        if candidates.is_empty() {
+            "parent not found: no parent locator or parent name leads to a file".to_string()
+        } else if wrong_id {
             format!(
                 "wrong parent: the child expects unique id {want}, but {}",
-                wrong.join("; ")
+                rejected.join("; ")
             )
+        } else {
+            format!("parent not found: {}", rejected.join("; "))
         },
     ))
+}
+
+/// The unique id in the footer of the VHD at `path`.
+fn unique_id_of(path: &Path) -> Result<[u8; 16]> {
+    let file = crate::format::open_file(path, false)?;
+    let len = file_len(&file, path)?;
+    let (footer, _, _) = super::read_footer(&file, path, len)?;
+    Ok(footer.unique_id)
+}
+
+/// An error with the system's reason when it has one.
+pub(crate) fn describe(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => format!("{e}: {source}"),
+        _ => e.to_string(),
+    }
+}
+
+/// An error met while opening the chain of `top`, naming `top` too when it
+/// is about another file of the chain.
+pub(crate) fn in_chain_of(top: &Path, e: Error) -> Error {
+    let about = match &e {
+        Error::Io { path, .. }
+        | Error::Corrupt { path, .. }
+        | Error::Unsupported { path, .. }
+        | Error::OutOfRange { path, .. }
+        | Error::ReadOnly { path } => Some(path.clone()),
+        Error::InvalidArgument(_) => None,
+    };
+    match about {
+        Some(p) if p != top => {
+            Error::corrupt(top, format!("in its chain of parents: {}", describe(&e)))
+        }
+        _ => e,
+    }
 }

@@ -319,6 +319,23 @@ fn check_dynamic(
     }
     if kind == DiskType::Differencing {
         check_parent_links(file, path, len, &h, r)?;
+        if r.clean {
+            // The links are well formed: they must also lead to the parent,
+            // and its chain must open, or the disk cannot be read.
+            let mut opening = super::chain::Opening::default();
+            if let Ok(canon) = std::fs::canonicalize(path) {
+                opening.files.push(canon);
+            }
+            match super::chain::open_parent(file, path, &h, &mut opening) {
+                Ok(parent) => r.note(format!(
+                    "parent: {} (unique id {}), a chain of {} disks below this one",
+                    parent.path.display(),
+                    parent.footer().unique_id_text(),
+                    opening.files.len().saturating_sub(1)
+                )),
+                Err(e) => r.problem("parent", super::chain::describe(&e)),
+            }
+        }
     }
     let block_size = u64::from(h.block_size);
     if super::header::block_size_problem(block_size).is_some() {

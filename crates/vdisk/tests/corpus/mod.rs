@@ -1,13 +1,20 @@
 //! A corpus of malformed VHD images, each made from a small valid one by breaking
 //! one thing (checksums are recomputed wherever the checksum is not the thing
-//! broken), with what `check` and `open` must say about it.
+//! broken), with what `check` and `open` must say about it; and a valid
+//! differencing disk over a valid parent, with the edits that break its links,
+//! from which the chain tests make their broken chains.
+
+// Each test binary uses only some of these.
+#![allow(dead_code)]
 
 pub mod exercise;
 
+use std::path::Path;
 use vdisk::vhd::bat::Bat;
 use vdisk::vhd::footer::{Footer, FOOTER_SIZE};
 use vdisk::vhd::geometry::Geometry;
 use vdisk::vhd::header::{DynamicHeader, HEADER_SIZE};
+use vdisk::vhd::locator::{encode_parent_name, encode_utf16le, W2KU, W2RU};
 use vdisk::{CreateOptions, ImageType, OpenOptions};
 
 /// Virtual size of the fixed base image.
@@ -29,9 +36,7 @@ pub struct Base {
 
 /// Bytes that differ from one offset to the next, so that a misplaced read shows.
 fn pattern(offset: u64, len: u64) -> Vec<u8> {
-    (offset..offset + len)
-        .map(|i| (i % 251) as u8 ^ 0x5a)
-        .collect()
+    exercise::pattern(offset, len, 0x5a)
 }
 
 fn make_base(kind: ImageType, size: u64, writes: &[(u64, u64)]) -> Base {
@@ -182,6 +187,51 @@ impl Image {
     pub fn remove(mut self, at: usize, len: usize) -> Image {
         self.0.drain(at..at + len);
         self
+    }
+
+    /// The unique id in the footer.
+    pub fn unique_id(&self) -> [u8; 16] {
+        self.footer().unique_id
+    }
+
+    /// The index of the parent locator with platform code `code` (`W2ku`, `W2ru`).
+    pub fn locator_index(&self, code: u32) -> usize {
+        self.header()
+            .locators
+            .iter()
+            .position(|l| l.platform_code == code)
+            .unwrap()
+    }
+
+    /// Replaces the data of the parent locator with platform code `code` by
+    /// `data`, inside the space the locator reserves, and sets its length.
+    pub fn set_locator_data(self, code: u32, data: &[u8]) -> Image {
+        let i = self.locator_index(code);
+        let l = self.header().locators[i];
+        let space = l.platform_data_space as usize;
+        assert!(
+            data.len() <= space,
+            "{} bytes do not fit in {space}",
+            data.len()
+        );
+        let at = l.platform_data_offset as usize;
+        let mut bytes = data.to_vec();
+        bytes.resize(space, 0);
+        self.poke(at, &bytes)
+            .edit_header(|h| h.locators[i].platform_data_length = data.len() as u32)
+    }
+
+    /// Points a child at the file `name` in the folder `dir`, with unique id
+    /// `id`: the header's parent name and id, and the locators `.\name`
+    /// (`W2ru`) and `dir/name` (`W2ku`), as a child made over that file has them.
+    pub fn link(self, dir: &Path, name: &str, id: [u8; 16]) -> Image {
+        let absolute = dir.join(name).display().to_string();
+        self.set_locator_data(W2RU, &encode_utf16le(&format!(".\\{name}")))
+            .set_locator_data(W2KU, &encode_utf16le(&absolute))
+            .edit_header(|h| {
+                h.parent_unicode_name = encode_parent_name(name).unwrap();
+                h.parent_unique_id = id;
+            })
     }
 }
 
@@ -555,4 +605,55 @@ pub fn cases() -> Vec<Case> {
     ];
     cases.sort_by_key(|c| c.name);
     cases
+}
+
+// Differencing chains.
+
+/// A differencing disk with data of its own over the parent that
+/// [`exercise::write_parent`] writes, and what each reads as.
+#[derive(Clone)]
+pub struct ChainBase {
+    /// The parent's bytes; its file is [`exercise::PARENT_FILE`].
+    pub parent: Image,
+    /// What the parent reads as.
+    pub parent_content: Vec<u8>,
+    /// The child's bytes; it finds the parent beside it by its relative locator
+    /// and its parent name.
+    pub child: Image,
+    /// What the child reads as.
+    pub content: Vec<u8>,
+}
+
+/// A child over the fixed parent, with sectors of its own inside blocks the
+/// parent holds and in a block it does not, and zeros that hide parent data.
+pub fn chain_base() -> ChainBase {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join(exercise::PARENT_FILE);
+    let parent_content = exercise::write_parent(&parent).unwrap();
+    let child = dir.path().join(exercise::CHILD_FILE);
+    vdisk::create_child(&child, &parent, BLOCK_SIZE, false).unwrap();
+    let mut content = parent_content.clone();
+    let mut disk = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    for (offset, len, seed) in [
+        (100, 50, 0x11),                    // inside one sector, over parent data
+        (BLOCK_SIZE - 700, 1500, 0x22),     // across a block boundary, unaligned
+        (4 * BLOCK_SIZE, BLOCK_SIZE, 0x33), // a block the parent does not hold
+        (5 * BLOCK_SIZE + 1024, 512, 0),    // zeros over parent data
+    ] {
+        let data = if seed == 0 {
+            vec![0; len as usize]
+        } else {
+            exercise::pattern(offset, len, seed)
+        };
+        disk.write_at(&data, offset).unwrap();
+        content[offset as usize..(offset + len) as usize].copy_from_slice(&data);
+    }
+    disk.flush().unwrap();
+    drop(disk);
+    ChainBase {
+        parent: Image(std::fs::read(&parent).unwrap()),
+        parent_content,
+        child: Image(std::fs::read(&child).unwrap()),
+        content,
+    }
 }
