@@ -138,22 +138,46 @@ pub fn merge_with(
         .collect();
     let mut target = VhdDisk::open(&target_path, true)?;
     let size = target.virtual_size();
+    // Pieces of at most CHUNK bytes, read by a second thread while this one
+    // writes the previous ones, so that reading and writing overlap.
     const CHUNK: u64 = 4 << 20;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut done = 0;
+    const DEPTH: usize = 4;
+    let mut pieces = Vec::new();
     for (start, len) in joined {
         let end = (start + len).min(size);
         let mut off = start;
         while off < end {
             let n = CHUNK.min(end - off);
-            let b = &mut buf[..n as usize];
-            top.read_at(b, off)?;
-            target.write_at(b, off)?;
+            pieces.push((off, n));
             off += n;
-            done += n;
-            progress(done, total);
         }
     }
+    let top_ref = &top;
+    let mut done = 0;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || {
+            for (off, n) in pieces {
+                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                buf.resize(n as usize, 0);
+                let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for piece in rx {
+            let (off, buf) = piece?;
+            target.write_at(&buf, off)?;
+            done += buf.len() as u64;
+            progress(done, total);
+            // The reader may be done; then the buffer is simply freed.
+            let _ = recycle_tx.send(buf);
+        }
+        Ok(())
+    })?;
     target.flush()?;
     drop(target);
     drop(layers);

@@ -48,6 +48,7 @@ use size::SizeSource;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The largest VHD: 2040 GiB (0xff000000 sectors), the limit of Hyper-V and QEMU.
 pub const MAX_SIZE: u64 = 0xff00_0000 * 512;
@@ -101,7 +102,15 @@ struct Dynamic {
     /// Sector bitmaps of a differencing disk that wait for the next flush to be
     /// written (block → file offset, bits); reads see them here meanwhile.
     deferred_bits: HashMap<u64, (u64, Vec<u8>)>,
+    /// Sector bitmaps read so far, kept when the disk is opened read-only (as
+    /// every parent in a chain is), so that a read through the chain costs one
+    /// bitmap read per block and layer, not one per request.
+    bitmaps: Mutex<HashMap<u64, Arc<[u8]>>>,
 }
+
+/// Sector bitmaps kept per read-only disk at most (16 MiB of 512-byte bitmaps);
+/// past that the cache starts over.
+const MAX_CACHED_BITMAPS: usize = 32 << 10;
 
 /// Reads the trusted footer of a VHD file: the one at the end, else the 511-byte
 /// legacy one, else (dynamic disks) the copy at offset 0.
@@ -182,6 +191,7 @@ impl VhdDisk {
     /// Opens the VHD at `path`, and the chain of parents of a differencing disk.
     pub fn open(path: &Path, writable: bool) -> Result<VhdDisk> {
         VhdDisk::open_in_chain(path, writable, &mut chain::Opening::default())
+            .map_err(|e| chain::in_chain_of(path, e))
     }
 
     pub(crate) fn open_in_chain(
@@ -196,6 +206,7 @@ impl VhdDisk {
     /// Opens a VHD from an open file; `path` names it in messages.
     pub fn from_file(file: File, path: &Path, writable: bool) -> Result<VhdDisk> {
         VhdDisk::from_file_in_chain(file, path, writable, &mut chain::Opening::default())
+            .map_err(|e| chain::in_chain_of(path, e))
     }
 
     fn from_file_in_chain(
@@ -384,10 +395,16 @@ impl VhdDisk {
     }
 
     /// The sector bitmap of `block` (whose bitmap is at file offset `at`).
-    fn block_bits(&self, d: &Dynamic, block: u64, at: u64) -> Result<Vec<u8>> {
+    fn block_bits(&self, d: &Dynamic, block: u64, at: u64) -> Result<Arc<[u8]>> {
         if let Some((_, bits)) = d.deferred_bits.get(&block) {
+            return Ok(Arc::from(bits.as_slice()));
+        }
+        // A writable disk changes its bitmaps: only read-only ones keep them.
+        let cache = (!self.writable).then(|| d.bitmaps.lock().ok()).flatten();
+        if let Some(bits) = cache.as_ref().and_then(|c| c.get(&block)) {
             return Ok(bits.clone());
         }
+        drop(cache);
         let mut bits = vec![0u8; d.bitmap_size as usize];
         read_exact_at(
             &self.file,
@@ -396,6 +413,15 @@ impl VhdDisk {
             at,
             format_args!("sector bitmap of block {block}"),
         )?;
+        let bits: Arc<[u8]> = Arc::from(bits);
+        if !self.writable {
+            if let Ok(mut c) = d.bitmaps.lock() {
+                if c.len() >= MAX_CACHED_BITMAPS {
+                    c.clear();
+                }
+                c.insert(block, bits.clone());
+            }
+        }
         Ok(bits)
     }
 
@@ -495,6 +521,7 @@ fn open_dynamic(
         pending_bitmaps: Vec::new(),
         parent: None,
         deferred_bits: HashMap::new(),
+        bitmaps: Mutex::new(HashMap::new()),
     })
 }
 
