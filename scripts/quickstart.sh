@@ -1,16 +1,52 @@
 #!/usr/bin/env bash
-# Builds vmhub and shows its VHD toolkit at work on a scratch folder.
+# Builds vmhub and shows it at work in a scratch folder: a tiny Linux machine,
+# built from Debian packages, becomes a dynamic VHD and boots with `vmhub run`
+# (its own disk untouched; the instance writes to a differencing disk), then
+# the VHD toolkit inspects, converts, checks and compares the disks.
+#
+# Usage: scripts/quickstart.sh [WORKDIR]
+# Needs QEMU (qemu-system-x86) and the tiny machine's build tools; as root,
+# scripts/deps.sh installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+
+missing=()
+for tool in qemu-img qemu-system-x86_64 syslinux mcopy mkfs.vfat mke2fs debugfs cpio sfdisk; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        bash scripts/deps.sh
+    else
+        echo "quickstart: missing ${missing[*]}; run scripts/deps.sh as root first" >&2
+        exit 1
+    fi
+fi
+
 cargo build --release --locked -p vmhub
-vmhub=$PWD/target/release/vmhub
+vmhub=$root/target/release/vmhub
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$work"
-rm -f disk.vhd disk.raw disk-fixed.vhd
-"$vmhub" img create disk.vhd 4G
-"$vmhub" img info disk.vhd
-"$vmhub" img convert disk.vhd disk-fixed.vhd --type fixed
-"$vmhub" img check disk-fixed.vhd
-"$vmhub" img compare disk.vhd disk-fixed.vhd
-echo "images are in $work"
+rm -f tiny.raw machine.vhd instance.vhd flat.vhd
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+# The machine: a kernel and a busybox from Debian, on a 64 MiB disk.
+VMHUB_CACHE=$root/target/tiny-machine-cache bash "$root/scripts/tiny-machine.sh" "$work" "hello from the disk" >/dev/null
+step "$vmhub" img convert tiny.raw machine.vhd
+step "$vmhub" img info machine.vhd
+before=$(sha256sum machine.vhd)
+
+# Boot it: the guest prints what it read from its disk, writes a file, powers off.
+step "$vmhub" run machine.vhd --memory 256M --instance instance.vhd </dev/null
+[ "$(sha256sum machine.vhd)" = "$before" ] && echo "machine.vhd did not change by a byte"
+step "$vmhub" img info instance.vhd
+step "$vmhub" img check instance.vhd
+
+# The toolkit: flatten the chain, check it, compare it with the instance.
+step "$vmhub" img convert instance.vhd flat.vhd --type fixed
+step "$vmhub" img compare instance.vhd flat.vhd
+echo
+echo "the disks are in $work"

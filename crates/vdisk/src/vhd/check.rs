@@ -327,12 +327,15 @@ fn check_dynamic(
                 opening.files.push(canon);
             }
             match super::chain::open_parent(file, path, &h, &mut opening) {
-                Ok(parent) => r.note(format!(
-                    "parent: {} (unique id {}), a chain of {} disks below this one",
-                    parent.path.display(),
-                    parent.footer().unique_id_text(),
-                    opening.files.len().saturating_sub(1)
-                )),
+                Ok(parent) => {
+                    let below = opening.files.len().saturating_sub(1);
+                    r.note(format!(
+                        "parent: {} (unique id {}); {below} disk{} below this one, all found",
+                        parent.path.display(),
+                        parent.footer().unique_id_text(),
+                        if below == 1 { "" } else { "s" }
+                    ))
+                }
                 Err(e) => r.problem("parent", super::chain::describe(&e)),
             }
         }
