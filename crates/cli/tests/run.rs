@@ -186,16 +186,7 @@ fn boots_a_machine_and_a_chain_without_changing_them() {
         guest_file(&base, &tiny, dir.path(), "written-by-guest.txt"),
         ""
     );
-    let check = Command::new(VMHUB)
-        .args(["img", "check"])
-        .arg(&first)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    vmhub(&["img".as_ref(), "check".as_ref(), first.as_os_str()]);
 
     // Second boot, through a two-level chain base ← first ← second: the
     // guest finds the first boot's count, from the middle of the chain.
@@ -297,16 +288,7 @@ fn sigint_stops_qemu_and_the_server() {
         .unwrap();
     assert!(err.contains("inst.vhd"), "{status:?}: {err}");
     assert_eq!(sha256(&image), hash);
-    let check = Command::new(VMHUB)
-        .args(["img", "check"])
-        .arg(&instance)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    vmhub(&["img".as_ref(), "check".as_ref(), instance.as_os_str()]);
     // No QEMU is left running on this instance.
     let ps = Command::new("pgrep")
         .args(["-f", instance.to_str().unwrap()])

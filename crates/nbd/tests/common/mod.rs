@@ -236,23 +236,12 @@ impl Client {
 
     /// A simple reply, with `data_len` bytes of data when it succeeded.
     pub fn simple(&mut self, data_len: usize) -> Reply {
-        let h = self.read_n(16);
-        assert_eq!(h[..4], proto::SIMPLE_REPLY_MAGIC.to_be_bytes(), "{h:?}");
-        let error = u32::from_be_bytes(h[4..8].try_into().unwrap());
-        let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
-        let data = if error == 0 {
-            self.read_n(data_len)
-        } else {
-            Vec::new()
-        };
-        Reply {
-            structured: false,
-            flags: 0,
-            kind: 0,
-            error,
-            cookie,
-            data,
-        }
+        let r = self.any_reply(data_len);
+        assert!(
+            !r.structured,
+            "a structured reply where a simple one was due: {r:?}"
+        );
+        r
     }
 
     /// A simple or structured reply (one chunk), told apart by its magic.
