@@ -72,6 +72,14 @@ pub fn prefetch(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Tells the kernel that `[offset, offset+len)` of `file` will not be read
+/// again, so that its clean cached pages can go now.
+pub fn forget(file: &File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+    }
+}
+
 /// Whether every byte of `buf` is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
     // Look at the first bytes alone first: data that is not zero almost always
@@ -199,6 +207,38 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// Bytes written between two background syncs (see [`with_background_sync`]).
+pub(crate) const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Runs `work`, which writes much into `file`, while a second thread syncs the
+/// file's data whenever `work` calls the function it is given (after every
+/// [`WRITEBACK_EVERY`] bytes, say). The writes then reach storage while the
+/// work goes on, instead of all in the final flush. A sync already queued
+/// covers later calls; only the caller's final flush reports errors.
+pub(crate) fn with_background_sync<T>(
+    file: &File,
+    path: &Path,
+    work: impl FnOnce(&mut dyn FnMut()) -> Result<T>,
+) -> Result<T> {
+    let syncer = file.try_clone().map_err(|e| Error::io(path, "dup", e))?;
+    let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for () in kicks {
+                let _ = syncer.sync_data();
+            }
+        });
+        let result = {
+            let mut nudge = || {
+                let _ = kick.try_send(());
+            };
+            work(&mut nudge)
+        };
+        drop(kick);
+        result
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! name and renamed into place once complete and durable.
 
 use crate::format::{create_in, refuse_existing, CreateOptions};
-use crate::io::{is_zero, AtomicFile};
+use crate::io::{is_zero, AtomicFile, WRITEBACK_EVERY};
 use crate::{Disk, Error, ExtentKind, Result};
 use std::path::Path;
 use std::sync::mpsc;
@@ -18,8 +18,6 @@ const GRANULE: usize = 4096;
 
 /// Virtual bytes mapped, and prefetched, at a time.
 const WINDOW: u64 = 64 * CHUNK;
-/// Bytes written between two background syncs of a conversion's output.
-const WRITEBACK_EVERY: u64 = 32 << 20;
 /// Buffers in flight between the reader and the writer.
 const DEPTH: usize = 4;
 
@@ -195,27 +193,12 @@ pub fn convert(
     let handle = file
         .try_clone()
         .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;
-    let syncer = file
-        .try_clone()
-        .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;
     let (mut dst, notes) = create_in(handle, dest, src.virtual_size(), opts)?;
     // The output must be durable before it is renamed into place. Syncing it
     // a slice at a time in the background overlaps the writes to storage with
     // the copy, instead of waiting for all of them at the end.
-    let (kick, kicks) = mpsc::sync_channel::<()>(1);
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            for () in kicks {
-                // Only an early start: the final flush reports any error.
-                let _ = syncer.sync_data();
-            }
-        });
-        let copied = copy_data_with(src, dst.as_mut(), progress, &mut || {
-            // A sync already queued covers these writes too.
-            let _ = kick.try_send(());
-        });
-        drop(kick);
-        copied
+    crate::io::with_background_sync(&file, tmp.temp_path(), |written| {
+        copy_data_with(src, dst.as_mut(), progress, written)
     })?;
     dst.flush()?;
     drop(dst);

@@ -137,6 +137,8 @@ pub fn merge_with(
         .map(|l| l.path().to_path_buf())
         .collect();
     let mut target = VhdDisk::open(&target_path, true)?;
+    // The target as it was, to find the pages its writes will cover in part.
+    let target_view = VhdDisk::open(&target_path, false)?;
     let size = target.virtual_size();
     // Pieces of at most CHUNK bytes, read by a second thread while this one
     // writes the previous ones, so that reading and writing overlap.
@@ -153,30 +155,67 @@ pub fn merge_with(
         }
     }
     let top_ref = &top;
+    // The disks to be removed: their data is read once, and their cached
+    // pages are let go as the copy goes, rather than all at once when the
+    // files are removed.
+    let doomed: Vec<&VhdDisk> = layers[..target_index].to_vec();
     let mut done = 0;
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
-        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        scope.spawn(move || {
-            for (off, n) in pieces {
-                let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                buf.resize(n as usize, 0);
-                let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
-                let failed = read.is_err();
-                if tx.send(read).is_err() || failed {
-                    return;
+    let sync_file = target
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io(&target_path, "dup", e))?;
+    crate::io::with_background_sync(&sync_file, &target_path, |written| {
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
+            let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            // Storage is asked for the pieces ahead of the copy, by a thread of
+            // its own (asking can block while requests queue), at most AHEAD
+            // pieces before the reader: each piece asked for is a token.
+            const AHEAD: usize = 16;
+            let (ahead_tx, ahead_rx) = std::sync::mpsc::sync_channel::<()>(AHEAD);
+            let pieces_ref = &pieces;
+            let target_view = &target_view;
+            scope.spawn(move || {
+                for &(off, n) in pieces_ref {
+                    top_ref.prefetch(off, n);
+                    target_view.prefetch_edges(off, n);
+                    if ahead_tx.send(()).is_err() {
+                        return;
+                    }
                 }
+            });
+            scope.spawn(move || {
+                for &(off, n) in pieces_ref {
+                    // Never ahead of the prefetcher; if it is gone, read anyway.
+                    let _ = ahead_rx.recv();
+                    let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                    buf.resize(n as usize, 0);
+                    let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
+                    for d in &doomed {
+                        d.forget(off, n);
+                    }
+                    let failed = read.is_err();
+                    if tx.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut since = 0;
+            for piece in rx {
+                let (off, buf) = piece?;
+                target.write_at(&buf, off)?;
+                done += buf.len() as u64;
+                since += buf.len() as u64;
+                if since >= crate::io::WRITEBACK_EVERY {
+                    written();
+                    since = 0;
+                }
+                progress(done, total);
+                // The reader may be done; then the buffer is simply freed.
+                let _ = recycle_tx.send(buf);
             }
-        });
-        for piece in rx {
-            let (off, buf) = piece?;
-            target.write_at(&buf, off)?;
-            done += buf.len() as u64;
-            progress(done, total);
-            // The reader may be done; then the buffer is simply freed.
-            let _ = recycle_tx.send(buf);
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     target.flush()?;
     drop(target);

@@ -311,6 +311,50 @@ impl VhdDisk {
         &self.file
     }
 
+    /// Drops from the page cache what this file holds of `[offset, offset+len)`
+    /// of the disk (not its parents'): for data read once, from a disk about to
+    /// be removed.
+    pub fn forget(&self, offset: u64, len: u64) {
+        match &self.layout {
+            Layout::Fixed => crate::io::forget(&self.file, offset, len),
+            Layout::Dynamic(d) => {
+                for p in pieces(offset, len, d.block_size) {
+                    if let Some(b) = d.bat.block_offset(p.block) {
+                        crate::io::forget(&self.file, b + d.bitmap_size + p.within, p.len);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hints that `[offset, offset+len)` is about to be overwritten: the pages
+    /// the write covers only in part must be read first, so storage is asked
+    /// for those alone (a block's data starts 512 bytes into a page, after
+    /// its sector bitmap, so nearly every write has such edges).
+    pub fn prefetch_edges(&self, offset: u64, len: u64) {
+        const PAGE: u64 = 4096;
+        let edge = |at: u64| {
+            if at % PAGE != 0 {
+                prefetch(&self.file, at - at % PAGE, PAGE);
+            }
+        };
+        match &self.layout {
+            Layout::Fixed => {
+                edge(offset);
+                edge(offset.saturating_add(len));
+            }
+            Layout::Dynamic(d) => {
+                for p in pieces(offset, len, d.block_size) {
+                    if let Some(b) = d.bat.block_offset(p.block) {
+                        let start = b + d.bitmap_size + p.within;
+                        edge(start);
+                        edge(start + p.len);
+                    }
+                }
+            }
+        }
+    }
+
     /// The parent of a differencing disk.
     pub fn parent(&self) -> Option<&VhdDisk> {
         match &self.layout {
@@ -331,6 +375,13 @@ impl VhdDisk {
         match &self.layout {
             Layout::Fixed => push(0, self.virtual_size),
             Layout::Dynamic(d) => {
+                if d.parent.is_some() {
+                    // Every bitmap is read below, one at a time: ask storage
+                    // for all of them at once first.
+                    for (_, at) in d.bat.allocated() {
+                        prefetch(&self.file, at, d.bitmap_size);
+                    }
+                }
                 for (block, at) in d.bat.allocated() {
                     let start = block * d.block_size;
                     if start >= self.virtual_size {
@@ -701,8 +752,11 @@ impl Disk for VhdDisk {
             Layout::Fixed => prefetch(&self.file, offset, len),
             Layout::Dynamic(d) => {
                 for p in pieces(offset, len, d.block_size) {
-                    if let Some(b) = d.bat.block_offset(p.block) {
-                        prefetch(&self.file, b + d.bitmap_size + p.within, p.len);
+                    match (d.bat.block_offset(p.block), &d.parent) {
+                        (Some(b), _) => prefetch(&self.file, b + d.bitmap_size + p.within, p.len),
+                        // Reads of this piece go to the parent.
+                        (None, Some(parent)) => parent.prefetch(offset + p.at, p.len),
+                        (None, None) => {}
                     }
                 }
             }
