@@ -17,6 +17,53 @@ use vdisk::{Error, ExtentKind};
 /// Descriptors in one block status reply at most; the client asks again for
 /// the rest.
 const MAX_EXTENTS: usize = 1 << 16;
+/// Reads at least this long look for holes first and send them as hole
+/// chunks, which spares copying and sending zeros (structured replies only).
+const SPARSE_MIN: u32 = 16 << 10;
+/// A worker keeps a reply buffer up to this size between requests.
+const KEEP_BUFFER: usize = 4 << 20;
+
+/// A reply being built. The bytes past the reply are kept from earlier
+/// replies rather than cleared, so that a read reply costs no zeroing.
+#[derive(Default)]
+struct ReplyBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl ReplyBuf {
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `b`.
+    fn put(&mut self, b: &[u8]) {
+        self.space(b.len()).copy_from_slice(b);
+    }
+
+    /// Appends `n` bytes for the caller to fill (their old contents are not
+    /// cleared).
+    fn space(&mut self, n: usize) -> &mut [u8] {
+        let (start, end) = (self.len, self.len + n);
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.len = end;
+        &mut self.buf[start..end]
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Lets go of a large buffer a rare large request needed.
+    fn trim(&mut self) {
+        if self.buf.len() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
+        self.len = 0;
+    }
+}
 
 /// Serves requests on `conn` with `workers` threads until the client
 /// disconnects or breaks the protocol, then flushes the export if this
@@ -74,7 +121,7 @@ impl Transmission<'_> {
 
     fn worker(&self) {
         let mut payload = Vec::new();
-        let mut out = Vec::new();
+        let mut out = ReplyBuf::default();
         loop {
             let (req, got) = {
                 let Ok(_g) = self.reading.lock() else { return };
@@ -103,9 +150,10 @@ impl Transmission<'_> {
             out.clear();
             self.handle(&req, &payload, got, &mut out);
             let sent = match self.writing.lock() {
-                Ok(_g) => self.conn.write_all(&out).is_ok(),
+                Ok(_g) => self.conn.write_all(out.bytes()).is_ok(),
                 Err(_) => false,
             };
+            out.trim();
             if !sent {
                 self.end();
                 return;
@@ -133,7 +181,7 @@ impl Transmission<'_> {
     }
 
     /// Serves `req`, putting the whole reply into `out`.
-    fn handle(&self, req: &Request, payload: &[u8], got: Payload, out: &mut Vec<u8>) {
+    fn handle(&self, req: &Request, payload: &[u8], got: Payload, out: &mut ReplyBuf) {
         let e = &self.session.export;
         let len = u64::from(req.length);
         let inside = req.offset.checked_add(len).is_some_and(|end| end <= e.size);
@@ -195,7 +243,7 @@ impl Transmission<'_> {
             }
         };
         match result {
-            Ok(()) => out.extend_from_slice(&proto::simple_reply(0, req.cookie)),
+            Ok(()) => out.put(&proto::simple_reply(0, req.cookie)),
             Err(err) => {
                 e.log(&err.to_string());
                 self.fail(req, error_code(&err), &err.to_string(), out);
@@ -218,17 +266,11 @@ impl Transmission<'_> {
         Ok(())
     }
 
-    fn read(&self, req: &Request, out: &mut Vec<u8>) {
+    fn read(&self, req: &Request, out: &mut ReplyBuf) {
         let e = &self.session.export;
-        let n = req.length as usize;
         let structured = self.session.structured;
-        let head = if structured {
-            proto::CHUNK_HEADER_SIZE + 8
-        } else {
-            proto::SIMPLE_REPLY_SIZE
-        };
-        if n == 0 && structured {
-            out.extend_from_slice(&proto::chunk_header(
+        if req.length == 0 && structured {
+            out.put(&proto::chunk_header(
                 chunk::FLAG_DONE,
                 chunk::NONE,
                 req.cookie,
@@ -236,31 +278,29 @@ impl Transmission<'_> {
             ));
             return;
         }
-        out.resize(head + n, 0);
-        let result = match e.disk.read() {
-            Ok(d) => d.read_at(&mut out[head..], req.offset),
-            Err(_) => Err(poisoned()),
+        let Ok(d) = e.disk.read() else {
+            let err = poisoned();
+            return self.fail(req, error_code(&err), &err.to_string(), out);
+        };
+        let mut runs = vec![(req.offset, u64::from(req.length), true)];
+        if structured && req.flags & cflag::DF == 0 && req.length >= SPARSE_MIN {
+            if let Ok(extents) = d.map(req.offset, u64::from(req.length)) {
+                runs = data_runs(&extents, req.offset, u64::from(req.length));
+            }
+        }
+        let result = if structured {
+            structured_read(d.as_ref(), req.cookie, &runs, out)
+        } else {
+            out.put(&proto::simple_reply(0, req.cookie));
+            d.read_at(out.space(req.length as usize), req.offset)
         };
         if let Err(err) = result {
             e.log(&err.to_string());
-            out.clear();
             self.fail(req, error_code(&err), &err.to_string(), out);
-            return;
-        }
-        if structured {
-            out[..proto::CHUNK_HEADER_SIZE].copy_from_slice(&proto::chunk_header(
-                chunk::FLAG_DONE,
-                chunk::OFFSET_DATA,
-                req.cookie,
-                (8 + n) as u32,
-            ));
-            out[proto::CHUNK_HEADER_SIZE..head].copy_from_slice(&req.offset.to_be_bytes());
-        } else {
-            out[..head].copy_from_slice(&proto::simple_reply(0, req.cookie));
         }
     }
 
-    fn block_status(&self, req: &Request, out: &mut Vec<u8>) {
+    fn block_status(&self, req: &Request, out: &mut ReplyBuf) {
         if !self.session.allocation {
             return self.fail(
                 req,
@@ -312,30 +352,87 @@ impl Transmission<'_> {
         if descriptors.is_empty() {
             return self.fail(req, errno::EIO, "the image mapped no extents", out);
         }
-        out.extend_from_slice(&proto::chunk_header(
+        out.put(&proto::chunk_header(
             chunk::FLAG_DONE,
             chunk::BLOCK_STATUS,
             req.cookie,
             (4 + 8 * descriptors.len()) as u32,
         ));
-        out.extend_from_slice(&proto::BASE_ALLOCATION_ID.to_be_bytes());
+        out.put(&proto::BASE_ALLOCATION_ID.to_be_bytes());
         for (length, flags) in descriptors {
-            out.extend_from_slice(&length.to_be_bytes());
-            out.extend_from_slice(&flags.to_be_bytes());
+            out.put(&length.to_be_bytes());
+            out.put(&flags.to_be_bytes());
         }
     }
 
     /// An error reply: a structured error chunk for the commands whose replies
     /// are structured, a simple reply otherwise.
-    fn fail(&self, req: &Request, code: u32, message: &str, out: &mut Vec<u8>) {
+    fn fail(&self, req: &Request, code: u32, message: &str, out: &mut ReplyBuf) {
         out.clear();
         let structured_kind = matches!(req.kind, cmd::READ | cmd::BLOCK_STATUS);
         if self.session.structured && structured_kind {
-            out.extend_from_slice(&proto::error_chunk(req.cookie, code, message));
+            out.put(&proto::error_chunk(req.cookie, code, message));
         } else {
-            out.extend_from_slice(&proto::simple_reply(code, req.cookie));
+            out.put(&proto::simple_reply(code, req.cookie));
         }
     }
+}
+
+/// `[offset, offset+len)` as runs of (start, length, holds data), from the
+/// disk's extents: what reads as zeros without being stored becomes a hole.
+fn data_runs(extents: &[vdisk::Extent], offset: u64, len: u64) -> Vec<(u64, u64, bool)> {
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    let end = offset + len;
+    for x in extents {
+        let (s, t) = (x.offset.max(offset), x.end().min(end));
+        if t <= s {
+            continue;
+        }
+        let data = x.kind == ExtentKind::Data;
+        match runs.last_mut() {
+            Some(last) if last.2 == data && last.0 + last.1 == s => last.1 += t - s,
+            _ => runs.push((s, t - s, data)),
+        }
+    }
+    // The extents cover the request exactly; if they did not, read it all.
+    let covered: u64 = runs.iter().map(|r| r.1).sum();
+    if runs.first().map(|r| r.0) != Some(offset) || covered != len {
+        return vec![(offset, len, true)];
+    }
+    runs
+}
+
+/// A structured read reply: a data chunk per run of data, a hole chunk per
+/// run of zeros, the last one marked done.
+fn structured_read(
+    disk: &dyn vdisk::Disk,
+    cookie: u64,
+    runs: &[(u64, u64, bool)],
+    out: &mut ReplyBuf,
+) -> vdisk::Result<()> {
+    for (i, &(start, len, data)) in runs.iter().enumerate() {
+        let flags = if i + 1 == runs.len() {
+            chunk::FLAG_DONE
+        } else {
+            0
+        };
+        // Each run is part of one request, so its length fits in 32 bits.
+        if data {
+            out.put(&proto::chunk_header(
+                flags,
+                chunk::OFFSET_DATA,
+                cookie,
+                (8 + len) as u32,
+            ));
+            out.put(&start.to_be_bytes());
+            disk.read_at(out.space(len as usize), start)?;
+        } else {
+            out.put(&proto::chunk_header(flags, chunk::OFFSET_HOLE, cookie, 12));
+            out.put(&start.to_be_bytes());
+            out.put(&(len as u32).to_be_bytes());
+        }
+    }
+    Ok(())
 }
 
 /// The NBD error for a failed disk operation.

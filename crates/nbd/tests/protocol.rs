@@ -236,6 +236,38 @@ fn structured_reads_and_block_status() {
     assert_eq!(u64::from_be_bytes(r.data[..8].try_into().unwrap()), 512);
     assert!(r.data[8..] == data[512..512 + 4096]);
 
+    // Without DF, holes come as hole chunks: 1 MiB of data, then 1 MiB of hole.
+    c.request(cmd::READ, 0, 30, 0, 2 << 20);
+    let first = c.any_reply(0);
+    assert_eq!(
+        (first.kind, first.flags & chunk::FLAG_DONE),
+        (chunk::OFFSET_DATA, 0)
+    );
+    assert_eq!(u64::from_be_bytes(first.data[..8].try_into().unwrap()), 0);
+    assert!(first.data[8..] == data[..]);
+    let hole = c.any_reply(0);
+    assert_eq!(
+        (hole.kind, hole.flags & chunk::FLAG_DONE, hole.cookie),
+        (chunk::OFFSET_HOLE, chunk::FLAG_DONE, 30)
+    );
+    assert_eq!(
+        u64::from_be_bytes(hole.data[..8].try_into().unwrap()),
+        1 << 20
+    );
+    assert_eq!(
+        u32::from_be_bytes(hole.data[8..12].try_into().unwrap()),
+        1 << 20
+    );
+    // With DF, one data chunk with the zeros in it.
+    c.request(cmd::READ, cflag::DF, 31, 0, 2 << 20);
+    let whole = c.any_reply(0);
+    assert_eq!(
+        (whole.kind, whole.flags),
+        (chunk::OFFSET_DATA, chunk::FLAG_DONE)
+    );
+    assert!(whole.data[8..8 + (1 << 20)] == data[..]);
+    assert!(whole.data[8 + (1 << 20)..].iter().all(|&b| b == 0));
+
     c.request(cmd::READ, 0, 6, SIZE, 512);
     let r = c.any_reply(0);
     assert_eq!((r.kind, r.error), (chunk::ERROR, errno::EINVAL));
