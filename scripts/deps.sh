@@ -24,6 +24,8 @@ have mkfs.vfat || need+=(dosfstools)
 installed busybox-static || need+=(busybox-static)
 have cpio || need+=(cpio)
 have sfdisk || need+=(fdisk)
+# UEFI firmware for `vmhub run --firmware uefi`.
+[ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

@@ -160,9 +160,10 @@ enum Compat {
 /// Options that say what kind of image to write.
 #[derive(Args)]
 pub struct OutputFormat {
-    /// Image format.
-    #[arg(long, value_enum, default_value = "vhd")]
-    format: FormatArg,
+    /// Image format [default: from the file's extension, `.raw`, `.img` or
+    /// `.bin` for raw, else vhd].
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
     /// VHD type.
     #[arg(long = "type", value_enum, default_value = "dynamic")]
     kind: TypeArg,
@@ -175,9 +176,21 @@ pub struct OutputFormat {
 }
 
 impl OutputFormat {
-    fn options(&self) -> CreateOptions {
+    /// The options for writing the image `file`.
+    fn options(&self, file: &Path) -> CreateOptions {
+        let by_name = || {
+            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ["raw", "img", "bin"]
+                .iter()
+                .any(|r| ext.eq_ignore_ascii_case(r))
+            {
+                FormatArg::Raw
+            } else {
+                FormatArg::Vhd
+            }
+        };
         CreateOptions {
-            format: match self.format {
+            format: match self.format.unwrap_or_else(by_name) {
                 FormatArg::Vhd => Format::Vhd,
                 FormatArg::Raw => Format::Raw,
             },
@@ -276,7 +289,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             out,
             force,
         } => {
-            vdisk::create_child(&file, &parent, out.options().block_size, force)?;
+            vdisk::create_child(&file, &parent, out.options(&file).block_size, force)?;
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let v = disk.virtual_size();
             out!(
@@ -294,7 +307,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             out,
             force,
         } => {
-            let opts = out.options();
+            let opts = out.options(&file);
             let notes = vdisk::create(&file, size, &opts, force)?;
             for n in &notes {
                 eprintln!("vmhub: note: {n}");
@@ -319,9 +332,13 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             }
             let src = vdisk::open(&input, OpenOptions::default())?;
             let mut bar = Progress::new(progress, "converting");
-            let notes = convert(src.as_ref(), &output, &out.options(), force, &mut |d, t| {
-                bar.set(d, t)
-            })
+            let notes = convert(
+                src.as_ref(),
+                &output,
+                &out.options(&output),
+                force,
+                &mut |d, t| bar.set(d, t),
+            )
             .with_context(|| format!("converting {} to {}", input.display(), output.display()))?;
             bar.finish();
             for n in &notes {

@@ -158,3 +158,60 @@ fn bench_counts_its_reads_and_refuses_a_bad_size() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_output_format_follows_the_extension_unless_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&std::ffi::OsStr]| {
+        let out = vmhub().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let tail_is_footer = |p: &std::path::Path| {
+        let b = std::fs::read(p).unwrap();
+        b.len() >= 512 && &b[b.len() - 512..b.len() - 504] == b"conectix"
+    };
+    // create: .img is raw, .vhd is VHD, --format wins over the name.
+    ok(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        d.join("a.img").as_os_str(),
+        "1M".as_ref(),
+    ]);
+    assert_eq!(std::fs::metadata(d.join("a.img")).unwrap().len(), 1 << 20);
+    ok(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        d.join("a.vhd").as_os_str(),
+        "1M".as_ref(),
+    ]);
+    assert!(tail_is_footer(&d.join("a.vhd")));
+    ok(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        d.join("b.raw").as_os_str(),
+        "1M".as_ref(),
+        "--format".as_ref(),
+        "vhd".as_ref(),
+    ]);
+    assert!(tail_is_footer(&d.join("b.raw")));
+    // convert: to .raw gives the plain bytes; to an unknown extension, a VHD.
+    ok(&[
+        "img".as_ref(),
+        "convert".as_ref(),
+        d.join("a.vhd").as_os_str(),
+        d.join("c.raw").as_os_str(),
+    ]);
+    assert_eq!(std::fs::metadata(d.join("c.raw")).unwrap().len(), 1 << 20);
+    ok(&[
+        "img".as_ref(),
+        "convert".as_ref(),
+        d.join("a.img").as_os_str(),
+        d.join("c.disk").as_os_str(),
+    ]);
+    assert!(tail_is_footer(&d.join("c.disk")));
+}

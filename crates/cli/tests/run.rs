@@ -244,6 +244,62 @@ fn a_qemu_that_cannot_start_says_why() {
 }
 
 #[test]
+fn uefi_firmware_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("blank.vhd");
+    vmhub(&[
+        "img".as_ref(),
+        "create".as_ref(),
+        image.as_os_str(),
+        "16M".as_ref(),
+    ]);
+    // OVMF finds nothing to boot on a blank disk and says so on the serial
+    // console, which is vmhub's stdout.
+    let console = dir.path().join("console.txt");
+    let mut child = Command::new(VMHUB)
+        .arg("run")
+        .arg(&image)
+        .args(["--accel", "tcg", "--rm", "--firmware", "uefi"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let seen = |p: &Path| {
+        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).contains("BdsDxe")
+    };
+    while !seen(&console) {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("vmhub run --firmware uefi ended with {s}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UEFI boot manager output in 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_bounded(
+        &mut child,
+        Duration::from_secs(30),
+        "vmhub run after SIGINT",
+    );
+}
+
+#[test]
 fn sigint_stops_qemu_and_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("blank.vhd");
