@@ -27,13 +27,19 @@ have sfdisk || need+=(fdisk)
 # UEFI firmware for `vmhub run --firmware uefi`.
 [ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 
-if [ ${#need[@]} -gt 0 ]; then
+# scripts/tiny-machine.sh fetches the kernel with `apt-get download`, which
+# needs the package lists.
+lists_ok() { apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; }
+
+if [ ${#need[@]} -gt 0 ] || { ! lists_ok && [ "$(id -u)" = 0 ]; }; then
     if [ "$(id -u)" != 0 ]; then
         echo "deps.sh: missing ${need[*]}; run as root or install them" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
     # --no-upgrade keeps the installed qemu-utils (10.x from backports) untouched.
     apt-get install -y -qq --no-upgrade "${need[@]}" >/dev/null
 fi
