@@ -110,6 +110,16 @@ fn qemu_binary(args: &RunArgs) -> PathBuf {
 
 /// Boots the image; returns the exit code to give (0 when QEMU exited cleanly).
 fn boot(args: &RunArgs) -> Result<u8> {
+    // The instance disk is a differencing VHD, whose parent must be a VHD.
+    match vdisk::sniff(&args.image).with_context(|| format!("cannot boot {}", args.image.display()))? {
+        vdisk::Format::Vhd => {}
+        vdisk::Format::Raw => bail!(
+            "{}: a raw image; vmhub run boots VHDs (the instance writes to a differencing VHD over the image): convert it first with `vmhub img convert {} {}`",
+            args.image.display(),
+            args.image.display(),
+            args.image.with_extension("vhd").display()
+        ),
+    }
     let qemu = qemu_binary(args);
     let version = Command::new(&qemu)
         .arg("--version")

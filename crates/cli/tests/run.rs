@@ -235,6 +235,19 @@ fn a_qemu_that_cannot_start_says_why() {
         "QEMU's own error is not shown: {err}"
     );
     assert!(err.contains("exited with status"), "{err}");
+    // A raw image, and a missing one: said before anything starts.
+    let raw = dir.path().join("disk.img");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let (status, _, err) = boot(&raw, &["--rm"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("disk.img") && err.contains("vmhub img convert"),
+        "{err}"
+    );
+    std::fs::remove_file(&raw).unwrap();
+    let (status, _, err) = boot(&dir.path().join("gone.vhd"), &["--rm"]);
+    assert!(!status.success());
+    assert!(err.contains("gone.vhd"), "{err}");
     // A QEMU binary that does not exist.
     let (status, _, err) = boot(&image, &["--rm", "--qemu", "/nonexistent/qemu"]);
     assert!(!status.success());
