@@ -36,7 +36,7 @@ pub struct ServeArgs {
 /// Runs an `nbd` subcommand and returns the process exit code.
 pub fn run(cmd: NbdCommand) -> ExitCode {
     match cmd {
-        NbdCommand::Serve(args) => match serve(&args, None) {
+        NbdCommand::Serve(args) => match serve(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vmhub: error: {e:#}");
@@ -47,20 +47,33 @@ pub fn run(cmd: NbdCommand) -> ExitCode {
 }
 
 /// The export name for `image` when none is given: its file name.
-pub fn default_export_name(image: &Path) -> String {
+fn default_export_name(image: &Path) -> String {
     image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-/// Opens the image and serves it on the listener `args` names. When `ready`
-/// is given, it gets the listener's URI and a stop handle once clients can
-/// connect; otherwise the URI is printed and Ctrl-C stops the server.
-pub fn serve(
-    args: &ServeArgs,
-    ready: Option<Box<dyn FnOnce(String, nbd::StopHandle) + Send>>,
-) -> Result<()> {
+/// A server with one export, `disk` (opened from `image`), that reports
+/// failed requests on stderr.
+pub fn server_for(
+    disk: Box<dyn vdisk::Disk>,
+    image: &Path,
+    name: &str,
+    read_only: bool,
+) -> nbd::Server {
+    nbd::Server::new(vec![nbd::Export {
+        description: image.display().to_string(),
+        name: name.to_string(),
+        disk,
+        read_only,
+    }])
+    .with_log(|m| eprintln!("vmhub: nbd: {m}"))
+}
+
+/// Opens the image and serves it on the listener `args` names, printing the
+/// URI, until Ctrl-C or SIGTERM.
+fn serve(args: &ServeArgs) -> Result<()> {
     let disk = vdisk::open(
         &args.image,
         OpenOptions {
@@ -77,31 +90,18 @@ pub fn serve(
         None => nbd::Listener::tcp(args.listen.as_deref().unwrap_or("127.0.0.1:10809")),
     }
     .context("cannot listen")?;
-    let server = nbd::Server::new(vec![nbd::Export {
-        description: args.image.display().to_string(),
-        name: name.clone(),
-        disk,
-        read_only: args.read_only,
-    }])
-    .with_log(|m| eprintln!("vmhub: nbd: {m}"));
+    let server = server_for(disk, &args.image, &name, args.read_only);
     let uri = listener.uri(&name);
     let stop = server.stop_handle();
-    match ready {
-        Some(f) => f(uri, stop),
-        None => {
-            let handler_stop = stop.clone();
-            ctrlc::set_handler(move || handler_stop.stop())
-                .context("cannot install the Ctrl-C handler")?;
-            // The URI alone on stdout, for scripts; flushed at once.
-            let mut out = std::io::stdout();
-            let _ = writeln!(out, "{uri}");
-            let _ = out.flush();
-            eprintln!(
-                "vmhub: serving {} at {uri}; Ctrl-C stops",
-                args.image.display()
-            );
-        }
-    }
+    ctrlc::set_handler(move || stop.stop()).context("cannot install the Ctrl-C handler")?;
+    // The URI alone on stdout, for scripts; flushed at once.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{uri}");
+    let _ = out.flush();
+    eprintln!(
+        "vmhub: serving {} at {uri}; Ctrl-C stops",
+        args.image.display()
+    );
     server
         .run(&listener)
         .with_context(|| format!("serving {}", args.image.display()))

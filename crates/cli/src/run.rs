@@ -229,13 +229,7 @@ fn serve_and_boot(
         .with_context(|| format!("cannot open {}", instance.display()))?;
     let socket = private.join("nbd.sock");
     let listener = nbd::Listener::unix(&socket).context("cannot listen for QEMU")?;
-    let server = nbd::Server::new(vec![nbd::Export {
-        name: "disk".into(),
-        description: instance.display().to_string(),
-        disk,
-        read_only: false,
-    }])
-    .with_log(|m| eprintln!("vmhub: nbd: {m}"));
+    let server = crate::nbd::server_for(disk, instance, "disk", false);
     let stop = server.stop_handle();
 
     let mut cmd = Command::new(qemu);

@@ -92,6 +92,17 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     }
 }
 
+/// Sends SIGINT to `child`, as Ctrl-C would, and waits for it to end.
+fn interrupt(child: &mut Child) -> ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_bounded(child, Duration::from_secs(30), "vmhub run after SIGINT")
+}
+
 /// `vmhub run IMAGE --accel tcg ARGS`, with the console captured; returns
 /// (exit status, console text with CRs removed, stderr).
 fn boot(image: &Path, args: &[&str]) -> (ExitStatus, String, String) {
@@ -299,17 +310,7 @@ fn uefi_firmware_starts() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    wait_bounded(
-        &mut child,
-        Duration::from_secs(30),
-        "vmhub run after SIGINT",
-    );
+    interrupt(&mut child);
 }
 
 #[test]
@@ -337,17 +338,7 @@ fn sigint_stops_qemu_and_the_server() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     assert!(child.try_wait().unwrap().is_none(), "vmhub run ended early");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = wait_bounded(
-        &mut child,
-        Duration::from_secs(30),
-        "vmhub run after SIGINT",
-    );
+    let status = interrupt(&mut child);
     let mut err = String::new();
     child
         .stderr

@@ -59,15 +59,6 @@ pub(crate) struct Shared {
     size: u64,
     read_only: bool,
     disk: RwLock<Box<dyn Disk>>,
-    log: Option<Log>,
-}
-
-impl Shared {
-    fn log(&self, message: &str) {
-        if let Some(log) = &self.log {
-            log(&format!("export {:?}: {message}", self.name));
-        }
-    }
 }
 
 /// Where the server listens.
@@ -196,41 +187,28 @@ pub struct Server {
 impl Server {
     /// A server offering `exports`.
     pub fn new(exports: Vec<Export>) -> Server {
-        let mut s = Server {
-            exports: Vec::new(),
+        let exports = exports
+            .into_iter()
+            .map(|e| {
+                Arc::new(Shared {
+                    size: e.disk.virtual_size(),
+                    name: e.name,
+                    description: e.description,
+                    read_only: e.read_only,
+                    disk: RwLock::new(e.disk),
+                })
+            })
+            .collect();
+        Server {
+            exports,
             stop: StopHandle::default(),
             log: None,
-        };
-        s.exports = exports.into_iter().map(|e| s.share(e)).collect();
-        s
-    }
-
-    fn share(&self, e: Export) -> Arc<Shared> {
-        Arc::new(Shared {
-            size: e.disk.virtual_size(),
-            name: e.name,
-            description: e.description,
-            read_only: e.read_only,
-            disk: RwLock::new(e.disk),
-            log: self.log.clone(),
-        })
+        }
     }
 
     /// Sends messages about failed requests and connections to `log`.
     pub fn with_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Server {
-        let log: Log = Arc::new(log);
-        self.log = Some(log.clone());
-        self.exports = self
-            .exports
-            .into_iter()
-            .map(|e| match Arc::try_unwrap(e) {
-                Ok(mut s) => {
-                    s.log = Some(log.clone());
-                    Arc::new(s)
-                }
-                Err(shared) => shared,
-            })
-            .collect();
+        self.log = Some(Arc::new(log));
         self
     }
 
@@ -289,7 +267,7 @@ impl Server {
 
     fn client(&self, conn: &Conn) {
         match handshake::negotiate(conn, &self.exports) {
-            Ok(Some(session)) => transmission::serve(conn, &session, WORKERS),
+            Ok(Some(session)) => transmission::serve(conn, &session, WORKERS, &|m| self.log(m)),
             Ok(None) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
             Err(e) => self.log(&format!("handshake: {e}")),

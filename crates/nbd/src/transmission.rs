@@ -68,10 +68,11 @@ impl ReplyBuf {
 /// Serves requests on `conn` with `workers` threads until the client
 /// disconnects or breaks the protocol, then flushes the export if this
 /// connection wrote to it.
-pub(crate) fn serve(conn: &Conn, session: &Session, workers: usize) {
+pub(crate) fn serve(conn: &Conn, session: &Session, workers: usize, log: &(dyn Fn(&str) + Sync)) {
     let t = Transmission {
         conn,
         session,
+        log,
         reading: Mutex::new(()),
         writing: Mutex::new(()),
         ended: AtomicBool::new(false),
@@ -87,7 +88,7 @@ pub(crate) fn serve(conn: &Conn, session: &Session, workers: usize) {
         // durable anyway.
         let e = &session.export;
         if let Err(err) = e.disk.write().map(|mut d| d.flush()).unwrap_or(Ok(())) {
-            e.log(&format!("flush after the client left: {err}"));
+            t.log(&format!("flush after the client left: {err}"));
         }
     }
 }
@@ -95,6 +96,8 @@ pub(crate) fn serve(conn: &Conn, session: &Session, workers: usize) {
 struct Transmission<'a> {
     conn: &'a Conn,
     session: &'a Session,
+    /// Where failed requests are told.
+    log: &'a (dyn Fn(&str) + Sync),
     /// Held while a request is read off the connection.
     reading: Mutex<()>,
     /// Held while a reply is written.
@@ -114,6 +117,10 @@ enum Payload {
 }
 
 impl Transmission<'_> {
+    fn log(&self, message: &str) {
+        (self.log)(&format!("export {:?}: {message}", self.session.export.name));
+    }
+
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.conn.shutdown();
@@ -245,7 +252,7 @@ impl Transmission<'_> {
         match result {
             Ok(()) => out.put(&proto::simple_reply(0, req.cookie)),
             Err(err) => {
-                e.log(&err.to_string());
+                self.log(&err.to_string());
                 self.fail(req, error_code(&err), &err.to_string(), out);
             }
         }
@@ -295,7 +302,7 @@ impl Transmission<'_> {
             d.read_at(out.space(req.length as usize), req.offset)
         };
         if let Err(err) = result {
-            e.log(&err.to_string());
+            self.log(&err.to_string());
             self.fail(req, error_code(&err), &err.to_string(), out);
         }
     }
@@ -320,7 +327,7 @@ impl Transmission<'_> {
         let extents = match map {
             Ok(m) => m,
             Err(err) => {
-                e.log(&err.to_string());
+                self.log(&err.to_string());
                 return self.fail(req, error_code(&err), &err.to_string(), out);
             }
         };
