@@ -103,13 +103,19 @@ fn interrupt(child: &mut Child) -> ExitStatus {
     wait_bounded(child, Duration::from_secs(30), "vmhub run after SIGINT")
 }
 
-/// `vmhub run IMAGE --accel tcg ARGS`, with the console captured; returns
+/// `vmhub run IMAGE --accel tcg ARGS` (unless ARGS name an accelerator), with
+/// the console captured; returns
 /// (exit status, console text with CRs removed, stderr).
 fn boot(image: &Path, args: &[&str]) -> (ExitStatus, String, String) {
     let mut child = Command::new(VMHUB)
         .arg("run")
         .arg(image)
-        .args(["--accel", "tcg", "--memory", "256M"])
+        .args(if args.contains(&"--accel") {
+            &[][..]
+        } else {
+            &["--accel", "tcg"][..]
+        })
+        .args(["--memory", "256M"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,10 +225,13 @@ fn boots_a_machine_and_a_chain_without_changing_them() {
 
     // --rm leaves nothing behind.
     let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    let (status, console, _) = boot(&base, &["--rm"]);
+    // --accel auto boots too: with KVM where a probe guest runs on it, else
+    // (as on nested machines whose KVM fails) with TCG, saying so.
+    let (status, console, err) = boot(&base, &["--rm", "--accel", "auto"]);
+    let kvm_usable = !err.contains("KVM is not usable here");
     assert!(
         status.success() && console.contains("VMHUB-BOOT: 1"),
-        "{console}"
+        "--accel auto (KVM usable: {kvm_usable}): {err}\n{console}"
     );
     let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(before.len(), after.len(), "--rm left a file behind");
