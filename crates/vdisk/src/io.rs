@@ -72,14 +72,6 @@ pub fn prefetch(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Tells the kernel that `[offset, offset+len)` of `file` will not be read
-/// again, so that its clean cached pages can go now.
-pub fn forget(file: &File, offset: u64, len: u64) {
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
-    }
-}
-
 /// Whether every byte of `buf` is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
     // Look at the first bytes alone first: data that is not zero almost always

@@ -155,10 +155,9 @@ pub fn merge_with(
         }
     }
     let top_ref = &top;
-    // The disks to be removed: their data is read once, and their cached
-    // pages are let go as the copy goes, rather than all at once when the
-    // files are removed.
-    let doomed: Vec<&VhdDisk> = layers[..target_index].to_vec();
+    // The cached pages of the disks to be removed are left to their removal:
+    // dropping them as the copy goes (fadvise) cost the reader more time than
+    // it saved the unlink (bench/chain.sh, BENCHMARKS.md).
     let mut done = 0;
     let sync_file = target
         .file()
@@ -191,9 +190,6 @@ pub fn merge_with(
                     let mut buf = recycle_rx.try_recv().unwrap_or_default();
                     buf.resize(n as usize, 0);
                     let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
-                    for d in &doomed {
-                        d.forget(off, n);
-                    }
                     let failed = read.is_err();
                     if tx.send(read).is_err() || failed {
                         return;

@@ -311,22 +311,6 @@ impl VhdDisk {
         &self.file
     }
 
-    /// Drops from the page cache what this file holds of `[offset, offset+len)`
-    /// of the disk (not its parents'): for data read once, from a disk about to
-    /// be removed.
-    pub fn forget(&self, offset: u64, len: u64) {
-        match &self.layout {
-            Layout::Fixed => crate::io::forget(&self.file, offset, len),
-            Layout::Dynamic(d) => {
-                for p in pieces(offset, len, d.block_size) {
-                    if let Some(b) = d.bat.block_offset(p.block) {
-                        crate::io::forget(&self.file, b + d.bitmap_size + p.within, p.len);
-                    }
-                }
-            }
-        }
-    }
-
     /// Hints that `[offset, offset+len)` is about to be overwritten: the pages
     /// the write covers only in part must be read first, so storage is asked
     /// for those alone (a block's data starts 512 bytes into a page, after
