@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the peers the test suite checks vmhub against, when they are missing:
 # qemu-img/qemu-io (qemu-utils, expected present) and vhdiinfo (libvhdi-utils);
-# the tools scripts/tiny-machine.sh builds a bootable test disk with; and
+# the tools scripts/tiny-machine.sh builds a bootable test disk with; the
+# filesystem and partitioning tools `vmhub fs` is compared with; and
 # qemu-system-x86_64 (through scripts/qemu-system.sh, from backports).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +25,10 @@ have mkfs.vfat || need+=(dosfstools)
 installed busybox-static || need+=(busybox-static)
 have cpio || need+=(cpio)
 have sfdisk || need+=(fdisk)
+# Filesystems and partition tables `vmhub fs` is checked against.
+{ have mkntfs && have ntfscp; } || need+=(ntfs-3g)
+have xorriso || need+=(xorriso)
+have sgdisk || need+=(gdisk)
 # UEFI firmware for `vmhub run --firmware uefi`.
 [ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 

@@ -94,6 +94,10 @@ pub enum ImgCommand {
     Compact {
         /// The image.
         file: PathBuf,
+        /// Also drop what the filesystems inside hold as free space (FAT, ext,
+        /// NTFS), like Optimize-VHD.
+        #[arg(long)]
+        fs: bool,
         /// Show a progress bar (shown anyway when stderr is a terminal).
         #[arg(long)]
         progress: bool,
@@ -128,6 +132,39 @@ pub enum ImgCommand {
     },
     /// Time reads of an image: IOPS and throughput of N reads of SIZE bytes.
     Bench(crate::bench::BenchArgs),
+    /// Make a disk image holding a copy of a folder: a FAT filesystem in one
+    /// MBR or GPT partition, or alone on the disk.
+    FromDir {
+        /// The folder to copy.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The new image.
+        #[arg(value_name = "OUT")]
+        image: PathBuf,
+        /// Image size [default: what the files need, with 10% to spare].
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Filesystem [default: by volume size: FAT12 below 16 MiB, FAT16
+        /// below 512 MiB, else FAT32].
+        #[arg(long, value_parser = ["fat12", "fat16", "fat32"])]
+        fs: Option<String>,
+        /// Partition table; `none` puts the filesystem at sector 0.
+        #[arg(long, value_parser = ["mbr", "gpt", "none"], default_value = "mbr")]
+        table: String,
+        /// Volume label (up to 11 characters).
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        out: OutputFormat,
+        /// Show a progress bar (shown anyway when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
 }
 
 /// How results are printed.
@@ -351,6 +388,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             print_map(&extents, output)?;
         }
         ImgCommand::Bench(args) => crate::bench::run(args)?,
+        cmd @ ImgCommand::FromDir { .. } => run_from_dir(cmd)?,
         ImgCommand::Resize { file, size, force } => {
             for n in vdisk::vhd::resize::resize(&file, size, force)? {
                 eprintln!("vmhub: note: {n}");
@@ -358,9 +396,21 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let v = vdisk::open(&file, OpenOptions::default())?.virtual_size();
             out!("Resized {} to {} ({} bytes)", file.display(), human(v), v);
         }
-        ImgCommand::Compact { file, progress } => {
+        ImgCommand::Compact { file, fs, progress } => {
+            let free = if fs {
+                let img = vfs::Image::open(&file, false)
+                    .with_context(|| format!("cannot look into {}", file.display()))?;
+                let free = img.free_space()?;
+                for n in &free.notes {
+                    eprintln!("vmhub: note: {n}");
+                }
+                eprintln!("free space in the filesystems: {}", human(free.bytes));
+                free.ranges
+            } else {
+                Vec::new()
+            };
             let mut bar = Progress::new(progress, "compacting");
-            let c = vdisk::vhd::compact::compact(&file, &mut |d, t| bar.set(d, t))?;
+            let c = vdisk::vhd::compact::compact_with(&file, &free, &mut |d, t| bar.set(d, t))?;
             bar.finish();
             out!(
                 "Compacted {}: {} → {}",
@@ -416,5 +466,82 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
         } => bail!("a size is needed (or --parent)"),
         ImgCommand::Check { .. } | ImgCommand::Compare { .. } => unreachable!("handled by run"),
     }
+    Ok(())
+}
+
+/// `img from-dir`.
+fn run_from_dir(cmd: ImgCommand) -> Result<()> {
+    let ImgCommand::FromDir {
+        dir,
+        image,
+        size,
+        fs,
+        table,
+        label,
+        out,
+        progress,
+        force,
+        output,
+    } = cmd
+    else {
+        bail!("not an img from-dir command");
+    };
+    let fat = fs
+        .map(|f| f.parse::<vfs::build::FatType>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let table = match table.as_str() {
+        "gpt" => vfs::TableKind::Gpt,
+        "none" => vfs::TableKind::None,
+        _ => vfs::TableKind::Mbr,
+    };
+    let opts = vfs::build::FromDirOptions {
+        size,
+        fat,
+        table,
+        image: out.options(&image),
+        label,
+        overwrite: force,
+    };
+    let mut bar = Progress::new(progress, "copying");
+    let s = vfs::build::from_dir(&dir, &image, &opts, &mut |d, t| bar.set(d, t))
+        .with_context(|| format!("making {} from {}", image.display(), dir.display()))?;
+    bar.finish();
+    for w in &s.warnings {
+        eprintln!("vmhub: warning: {w}");
+    }
+    for n in &s.notes {
+        eprintln!("vmhub: note: {n}");
+    }
+    if output == Output::Json {
+        out!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let place = match s.table {
+        vfs::TableKind::Mbr => "in an MBR partition at 1 MiB",
+        vfs::TableKind::Gpt => "in a GPT partition at 1 MiB",
+        vfs::TableKind::None => "at sector 0, no partition table",
+    };
+    out!(
+        "Created {} ({}, {} bytes): {} {place}{}",
+        image.display(),
+        human(s.image_size),
+        s.image_size,
+        s.fs,
+        s.label
+            .as_ref()
+            .map(|l| format!(", label {l}"))
+            .unwrap_or_default()
+    );
+    out!(
+        "Copied {} file{} and {} folder{}, {} ({} bytes); clusters of {} bytes",
+        s.files,
+        if s.files == 1 { "" } else { "s" },
+        s.dirs,
+        if s.dirs == 1 { "" } else { "s" },
+        human(s.bytes),
+        s.bytes,
+        s.cluster_size
+    );
     Ok(())
 }

@@ -5,7 +5,9 @@
 #[macro_use]
 mod output;
 mod bench;
+mod fs;
 mod img;
+mod inspect;
 mod nbd;
 mod run;
 mod size;
@@ -29,6 +31,12 @@ enum Command {
     /// Create, inspect, convert, check and compare disk images.
     #[command(subcommand)]
     Img(img::ImgCommand),
+    /// Files inside disk images: list, read, copy out and in (FAT), no VM, no root.
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
+    /// Tell which machine is in a disk image: OS, version, architecture, hostname,
+    /// and what each filesystem holds.
+    Inspect(inspect::InspectArgs),
     /// Serve disk images over NBD.
     #[command(subcommand)]
     Nbd(nbd::NbdCommand),
@@ -41,6 +49,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Img(c) => img::run(c),
+        Command::Fs(c) => fs::run(c),
+        Command::Inspect(a) => inspect::run(a),
         Command::Nbd(c) => nbd::run(c),
         Command::Run(a) => run::run(a),
     }
