@@ -2,7 +2,8 @@
 # Builds vmhub and shows it at work in a scratch folder: a tiny Linux machine,
 # built from Debian packages, becomes a dynamic VHD and boots with `vmhub run`
 # (its own disk untouched; the instance writes to a differencing disk), then
-# the VHD toolkit inspects, converts, checks and compares the disks.
+# vmhub looks inside the disks (which OS, which files) and the VHD toolkit
+# converts, checks and compares them.
 #
 # Usage: scripts/quickstart.sh [WORKDIR]
 # Needs QEMU (qemu-system-x86) and the tiny machine's build tools; as root,
@@ -44,6 +45,12 @@ step "$vmhub" run machine.vhd --memory 256M --instance instance.vhd </dev/null
 [ "$(sha256sum machine.vhd)" = "$before" ] && echo "machine.vhd did not change by a byte"
 step "$vmhub" img info instance.vhd
 step "$vmhub" img check instance.vhd
+
+# Inside the disks, without booting: which machine it is, and its files.
+step "$vmhub" inspect instance.vhd
+step "$vmhub" fs parts instance.vhd
+step "$vmhub" fs ls -l instance.vhd:2:/
+step "$vmhub" fs cat instance.vhd:2:/marker.txt
 
 # The toolkit: flatten the chain, check it, compare it with the instance.
 step "$vmhub" img convert instance.vhd flat.vhd --type fixed

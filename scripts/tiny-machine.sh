@@ -400,8 +400,14 @@ EOF
         "$work/vmlinuz" "$work/initrd.gz" "$work/syslinux.cfg" ::/
     syslinux --offset $((BOOT_START * 512)) --install "$img"
 
-    mkdir -p "$work/root"
+    mkdir -p "$work/root/etc" "$work/root/bin"
     printf '%s\n' "$marker" >"$work/root/marker.txt"
+    # What `vmhub inspect` reads to tell which machine this is.
+    printf '%s\n' 'NAME="vmhub tiny machine"' 'ID=vmhub-tiny' 'ID_LIKE=debian' 'VERSION_ID=1' \
+        'PRETTY_NAME="vmhub tiny machine 1 (busybox)"' >"$work/root/etc/os-release"
+    echo tiny >"$work/root/etc/hostname"
+    cp "$bb" "$work/root/bin/busybox"
+    ln -s busybox "$work/root/bin/sh"
     mke2fs -q -F -t ext4 -L vmhub-root -U 564d4842-0000-4000-8000-000000000002 \
         -E "offset=$((ROOT_START * 512)),nodiscard,root_owner=0:0" -d "$work/root" \
         "$img" $((ROOT_SECTORS / 2))k

@@ -669,3 +669,78 @@ fn compact_fs_drops_free_space_and_keeps_every_file() {
     vmhub_ok(["img", "convert", s(&child), s(&flat)]);
     sh(&format!("fsck.vfat -n {}", s(&flat)));
 }
+
+#[test]
+fn inspect_tells_the_machine_and_fs_reads_ext4_but_will_not_write_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/hostname"), "build-box\n").unwrap();
+    // A real x86-64 ELF program, reached through a link as on merged-/usr systems.
+    std::fs::copy(
+        std::fs::canonicalize("/bin/sh").unwrap(),
+        root.join("usr/bin/sh"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    let raw = dir.path().join("root.img");
+    sh(&format!(
+        "mke2fs -q -F -t ext4 -L rootfs -d {} {} 16M",
+        s(&root),
+        s(&raw)
+    ));
+    let vhd = dir.path().join("root.vhd");
+    vmhub_ok(["img", "convert", s(&raw), s(&vhd)]);
+    let out = vmhub_ok(["inspect", "--output", "json", s(&vhd)]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["os"]["family"], "linux", "{r}");
+    assert_eq!(r["os"]["distribution"], "debian");
+    assert_eq!(r["os"]["version"], "12");
+    assert_eq!(r["os"]["name"], "Debian GNU/Linux 12 (bookworm)");
+    assert_eq!(r["os"]["hostname"], "build-box");
+    let arch = if cfg!(target_arch = "x86_64") {
+        "x86_64"
+    } else {
+        std::env::consts::ARCH
+    };
+    assert_eq!(r["os"]["architecture"], arch);
+    assert_eq!(r["filesystems"][0]["filesystem"], "ext4");
+    assert_eq!(r["filesystems"][0]["label"], "rootfs");
+    let human = String::from_utf8(vmhub_ok(["inspect", s(&vhd)]).stdout).unwrap();
+    assert!(
+        human.contains("Debian GNU/Linux 12 (bookworm)") && human.contains("build-box"),
+        "{human}"
+    );
+    // fs reads ext4 through the VHD, links included.
+    let out = vmhub_ok(["fs", "cat", &format!("{}:/etc/hostname", s(&vhd))]);
+    assert_eq!(out.stdout, b"build-box\n");
+    let listed = ls_json(s(&vhd));
+    let bin = listed.iter().find(|e| e["path"] == "/bin").unwrap();
+    assert_eq!(bin["kind"], "symlink");
+    // Writing is FAT only: the refusal says so and changes nothing.
+    let before = sha(&vhd);
+    let f = dir.path().join("x.txt");
+    std::fs::write(&f, b"x").unwrap();
+    let out = vmhub(["fs", "put", s(&f), &format!("{}:/etc/", s(&vhd))]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(sha(&vhd), before);
+    // A disk with nothing vmhub can read says so.
+    let blank = dir.path().join("blank.vhd");
+    vmhub_ok(["img", "create", s(&blank), "8M"]);
+    let out = vmhub_ok(["inspect", "--output", "json", s(&blank)]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["os"]["family"], "unknown");
+    let out = vmhub(["fs", "ls", s(&blank)]);
+    assert_eq!(out.status.code(), Some(1));
+}
