@@ -4,12 +4,23 @@
 //! it walk a directory for ever. So the table is checked once when the volume
 //! is opened (every chain ends, every link points at a cluster that exists),
 //! which also gives the free clusters for `compact --fs`.
+//!
+//! `layout` reads where things are from the boot sector, `table` reads
+//! and checks the allocation table, and `dirfix` repairs the `.` and `..`
+//! entries of directories `fatfs` makes.
+
+mod dirfix;
+mod layout;
+mod table;
 
 use super::{Entry, EntryKind, FsKind, Volume};
 use crate::path::split;
 use crate::region::{from_io, Region, SharedDisk};
 use crate::{Error, Result};
+use dirfix::fix_new_dirs;
+use layout::Layout;
 use std::io::{self, Read, Write};
+use table::{check_chains, read_table};
 
 /// The most entries a FAT directory can hold (the specification's limit of
 /// 65,536 32-byte entries).
@@ -33,63 +44,6 @@ pub struct FatVolume {
     /// each file of a directory in turn reads the directory once.
     listed: Option<(String, std::collections::HashMap<String, Entry>)>,
 }
-
-/// Where things are, from the boot sector (Microsoft FAT specification,
-/// "BPB").
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    bytes_per_sector: u64,
-    cluster_size: u64,
-    /// Byte offset of the first FAT.
-    fat_start: u64,
-    /// Byte offset of cluster 2.
-    data_start: u64,
-    /// Clusters in the data area.
-    clusters: u64,
-    /// FAT12/16: byte offset and length of the fixed root directory.
-    root_dir: (u64, u64),
-    /// FAT32: the root directory's first cluster.
-    root_cluster: u64,
-}
-
-impl Layout {
-    fn read(boot: &[u8], name: &str) -> Result<Layout> {
-        let le16 = |at: usize| u16::from_le_bytes([boot[at], boot[at + 1]]) as u64;
-        let le32 = |at: usize| {
-            u32::from_le_bytes([boot[at], boot[at + 1], boot[at + 2], boot[at + 3]]) as u64
-        };
-        let bytes_per_sector = le16(11);
-        let per_cluster = boot[13] as u64;
-        let reserved = le16(14);
-        let fats = boot[16] as u64;
-        let root_entries = le16(17);
-        let total = if le16(19) != 0 { le16(19) } else { le32(32) };
-        let fat_size = if le16(22) != 0 { le16(22) } else { le32(36) };
-        let bad = |what: &str| Error::Corrupt(format!("{name}: FAT boot sector: {what}"));
-        if bytes_per_sector == 0 || per_cluster == 0 {
-            return Err(bad("zero bytes per sector or sectors per cluster"));
-        }
-        let root_sectors = (root_entries * 32).div_ceil(bytes_per_sector);
-        let data_sector = reserved + fats * fat_size + root_sectors;
-        let clusters = total
-            .checked_sub(data_sector)
-            .ok_or_else(|| bad("the data area starts past the end of the volume"))?
-            / per_cluster;
-        Ok(Layout {
-            bytes_per_sector,
-            cluster_size: per_cluster * bytes_per_sector,
-            fat_start: reserved * bytes_per_sector,
-            data_start: data_sector * bytes_per_sector,
-            clusters,
-            root_dir: (
-                (reserved + fats * fat_size) * bytes_per_sector,
-                root_sectors * bytes_per_sector,
-            ),
-            root_cluster: if le16(22) == 0 { le32(44) } else { 0 },
-        })
-    }
-}
-
 impl FatVolume {
     /// Opens the FAT volume in `region` and checks its allocation table.
     pub fn open(mut region: Region) -> Result<Self> {
@@ -190,255 +144,6 @@ fn fat_err(name: &str, path: &str, e: io::Error) -> Error {
 fn mount(region: Region, name: &str) -> Result<Fs> {
     fatfs::FileSystem::new(region, fatfs::FsOptions::new())
         .map_err(|e| Error::Corrupt(format!("{name}: FAT filesystem: {}", from_io(e, "mount"))))
-}
-
-/// The first FAT as one entry per cluster (index = cluster number).
-fn read_table(region: &mut Region, kind: FsKind, l: &Layout, name: &str) -> Result<Vec<u32>> {
-    let entries = l.clusters + 2;
-    let bytes = match kind {
-        FsKind::Fat12 => (entries * 3).div_ceil(2),
-        FsKind::Fat16 => entries * 2,
-        _ => entries * 4,
-    };
-    if l.fat_start.saturating_add(bytes) > region.len() {
-        return Err(Error::Corrupt(format!(
-            "{name}: the allocation table runs past the end of the volume"
-        )));
-    }
-    // Bounded by the volume's length, checked above.
-    let mut raw = vec![0u8; bytes as usize];
-    region
-        .read_at(&mut raw, l.fat_start)
-        .map_err(|e| from_io(e, name))?;
-    let _ = l.bytes_per_sector;
-    let mut out = Vec::with_capacity(entries as usize);
-    for n in 0..entries as usize {
-        let v = match kind {
-            FsKind::Fat12 => {
-                let at = n + n / 2;
-                let pair = u16::from_le_bytes([raw[at], raw.get(at + 1).copied().unwrap_or(0)]);
-                let v = if n % 2 == 0 { pair & 0x0FFF } else { pair >> 4 };
-                // Normalize the special values to FAT32's.
-                match v {
-                    0xFF7 => 0x0FFF_FFF7,
-                    v if v >= 0xFF8 => 0x0FFF_FFFF,
-                    v => v as u32,
-                }
-            }
-            FsKind::Fat16 => {
-                let v = u16::from_le_bytes([raw[2 * n], raw[2 * n + 1]]);
-                match v {
-                    0xFFF7 => 0x0FFF_FFF7,
-                    v if v >= 0xFFF8 => 0x0FFF_FFFF,
-                    v => v as u32,
-                }
-            }
-            _ => {
-                u32::from_le_bytes([raw[4 * n], raw[4 * n + 1], raw[4 * n + 2], raw[4 * n + 3]])
-                    & 0x0FFF_FFFF
-            }
-        };
-        out.push(v);
-    }
-    Ok(out)
-}
-
-const BAD: u32 = 0x0FFF_FFF7;
-
-/// Checks that every chain in the table ends: each link points at a cluster
-/// of the volume, and no chain comes back to a cluster it went through.
-fn check_chains(table: &[u32], name: &str) -> Result<()> {
-    let n = table.len();
-    // 0: not seen, 1: on the walk in progress, 2: known to end.
-    let mut state = vec![0u8; n];
-    let mut walk = Vec::new();
-    for first in 2..n {
-        if state[first] != 0 {
-            continue;
-        }
-        let mut c = first;
-        walk.clear();
-        loop {
-            match state[c] {
-                2 => break,
-                1 => {
-                    return Err(Error::Corrupt(format!(
-                        "{name}: the cluster chain through cluster {c} loops back on itself"
-                    )))
-                }
-                _ => {}
-            }
-            state[c] = 1;
-            walk.push(c);
-            let next = table[c];
-            if next == 0 || next >= BAD {
-                break;
-            }
-            if next < 2 || next as usize >= n {
-                return Err(Error::Corrupt(format!(
-                    "{name}: cluster {c} links to cluster {next}, which is not on the volume (clusters 2–{})",
-                    n - 1
-                )));
-            }
-            c = next as usize;
-        }
-        for &w in &walk {
-            state[w] = 2;
-        }
-    }
-    Ok(())
-}
-
-/// The FAT entry of `cluster`, read from the first table.
-fn fat_entry(region: &mut Region, kind: FsKind, l: &Layout, cluster: u64) -> Result<u32> {
-    let name = region.name().to_string();
-    let mut b = [0u8; 4];
-    let v = match kind {
-        FsKind::Fat12 => {
-            region
-                .read_at(&mut b[..2], l.fat_start + cluster + cluster / 2)
-                .map_err(|e| from_io(e, &name))?;
-            let pair = u16::from_le_bytes([b[0], b[1]]);
-            let v = if cluster % 2 == 0 {
-                pair & 0x0FFF
-            } else {
-                pair >> 4
-            };
-            if v >= 0xFF7 {
-                BAD
-            } else {
-                v as u32
-            }
-        }
-        FsKind::Fat16 => {
-            region
-                .read_at(&mut b[..2], l.fat_start + cluster * 2)
-                .map_err(|e| from_io(e, &name))?;
-            let v = u16::from_le_bytes([b[0], b[1]]);
-            if v >= 0xFFF7 {
-                BAD
-            } else {
-                v as u32
-            }
-        }
-        _ => {
-            region
-                .read_at(&mut b, l.fat_start + cluster * 4)
-                .map_err(|e| from_io(e, &name))?;
-            u32::from_le_bytes(b) & 0x0FFF_FFFF
-        }
-    };
-    Ok(v)
-}
-
-/// Byte ranges (offset, length) of the directory starting at `cluster`
-/// (0: the root), following its chain for at most every cluster of the volume.
-fn dir_extents(
-    region: &mut Region,
-    kind: FsKind,
-    l: &Layout,
-    cluster: u64,
-) -> Result<Vec<(u64, u64)>> {
-    let mut c = if cluster == 0 {
-        l.root_cluster
-    } else {
-        cluster
-    };
-    if c == 0 {
-        return Ok(vec![l.root_dir]);
-    }
-    let mut out = Vec::new();
-    while (2..l.clusters + 2).contains(&c) {
-        if out.len() as u64 > l.clusters {
-            return Err(Error::Corrupt(format!(
-                "{}: a directory's cluster chain loops",
-                region.name()
-            )));
-        }
-        out.push((l.data_start + (c - 2) * l.cluster_size, l.cluster_size));
-        let next = fat_entry(region, kind, l, c)?;
-        if next == 0 || next >= BAD {
-            break;
-        }
-        c = next as u64;
-    }
-    Ok(out)
-}
-
-/// Rewrites the `.` and `..` entries of directories `fatfs` made.
-///
-/// `fatfs` 0.3 writes each of them with a long-name entry before it, which
-/// `fsck.vfat` rejects (the first two slots of a directory must be the short
-/// entries `.` and `..`), and points `..` of a FAT32 root's child at the root
-/// cluster where the specification says 0. So after making directories the
-/// tree is walked and every directory that starts that way is fixed: `.` and
-/// `..` moved to slots 0 and 1, the two slots after them marked deleted
-/// (entries after them stay where they are).
-fn fix_new_dirs(region: &mut Region, kind: FsKind, l: &Layout) -> Result<()> {
-    const DOT: &[u8; 11] = b".          ";
-    const DOTDOT: &[u8; 11] = b"..         ";
-    let name = region.name().to_string();
-    let mut seen = std::collections::HashSet::new();
-    // (directory's first cluster or 0 for the root, depth)
-    let mut todo = vec![(0u64, 0usize)];
-    while let Some((dir, depth)) = todo.pop() {
-        if depth > crate::extract::MAX_DEPTH {
-            continue;
-        }
-        for (off, len) in dir_extents(region, kind, l, dir)? {
-            let mut data = vec![0u8; len as usize];
-            region
-                .read_at(&mut data, off)
-                .map_err(|e| from_io(e, &name))?;
-            for e in data.chunks_exact(32) {
-                if e[0] == 0 {
-                    break;
-                }
-                let attr = e[11];
-                if e[0] == 0xE5 || attr & 0x3F == 0x0F || attr & 0x08 != 0 || attr & 0x10 == 0 {
-                    continue;
-                }
-                if &e[..11] == DOT || &e[..11] == DOTDOT {
-                    continue;
-                }
-                let hi = if kind == FsKind::Fat32 {
-                    u16::from_le_bytes([e[20], e[21]]) as u64
-                } else {
-                    0
-                };
-                let child = hi << 16 | u16::from_le_bytes([e[26], e[27]]) as u64;
-                if !(2..l.clusters + 2).contains(&child) || !seen.insert(child) {
-                    continue;
-                }
-                let at = l.data_start + (child - 2) * l.cluster_size;
-                let mut head = [0u8; 128];
-                if l.cluster_size < 128 {
-                    continue;
-                }
-                region
-                    .read_at(&mut head, at)
-                    .map_err(|e| from_io(e, &name))?;
-                let broken = head[11] & 0x3F == 0x0F
-                    && &head[32..43] == DOT
-                    && head[64 + 11] & 0x3F == 0x0F
-                    && &head[96..107] == DOTDOT;
-                if broken {
-                    let mut fixed = [0u8; 128];
-                    fixed[64] = 0xE5;
-                    fixed[96] = 0xE5;
-                    fixed[..32].copy_from_slice(&head[32..64]);
-                    fixed[32..64].copy_from_slice(&head[96..128]);
-                    // `..` of a child of the root points at cluster 0.
-                    let parent = if dir == 0 { 0 } else { dir };
-                    fixed[32 + 26..32 + 28].copy_from_slice(&(parent as u16).to_le_bytes());
-                    fixed[32 + 20..32 + 22].copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
-                    region.write_at(&fixed, at).map_err(|e| from_io(e, &name))?;
-                }
-                todo.push((child, depth + 1));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A FAT date and time as seconds since the Unix epoch (taken as UTC; FAT
@@ -743,40 +448,13 @@ impl Volume for FatVolume {
     fn free_ranges(&mut self) -> Result<Vec<(u64, u64)>> {
         let mut region = Region::new(self.disk.clone(), self.start, self.len, self.name.clone())?;
         let table = read_table(&mut region, self.kind, &self.layout, &self.name)?;
-        let l = self.layout;
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for (c, &v) in table.iter().enumerate().skip(2) {
-            if v != 0 {
-                continue;
-            }
-            let off = l.data_start + (c as u64 - 2) * l.cluster_size;
-            match out.last_mut() {
-                Some(last) if last.0 + last.1 == off => last.1 += l.cluster_size,
-                _ => out.push((off, l.cluster_size)),
-            }
-        }
-        Ok(out)
+        Ok(table::free_ranges(&table, &self.layout))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chains_that_loop_or_leave_are_found() {
-        let ok = vec![0x0FFF_FFF8, 0x0FFF_FFFF, 3, 4, 0x0FFF_FFFF, 0, 0x0FFF_FFF7];
-        check_chains(&ok, "t").unwrap();
-        let looped = vec![0, 0, 3, 4, 2, 0];
-        let e = check_chains(&looped, "t").unwrap_err().to_string();
-        assert!(e.contains("loops"), "{e}");
-        let out = vec![0, 0, 3, 99];
-        let e = check_chains(&out, "t").unwrap_err().to_string();
-        assert!(e.contains("not on the volume"), "{e}");
-        // Two chains joining is odd but ends; it must not be taken for a loop.
-        let join = vec![0, 0, 4, 4, 0x0FFF_FFFF];
-        check_chains(&join, "t").unwrap();
-    }
 
     #[test]
     fn fat_times() {
