@@ -72,6 +72,14 @@ pub fn prefetch(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Tells the kernel that `[offset, offset+len)` of `file` (to its end when
+/// `len` is `None`) will not be read again, so that its clean cached pages
+/// can go now. A hint: failure changes nothing.
+pub fn forget(file: &File, offset: u64, len: Option<u64>) {
+    let len = len.and_then(std::num::NonZeroU64::new);
+    let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
+}
+
 /// Whether every byte of `buf` is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
     // Look at the first bytes alone first: data that is not zero almost always

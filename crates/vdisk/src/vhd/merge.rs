@@ -155,9 +155,11 @@ pub fn merge_with(
         }
     }
     let top_ref = &top;
-    // The cached pages of the disks to be removed are left to their removal:
-    // dropping them as the copy goes (fadvise) cost the reader more time than
-    // it saved the unlink (bench/chain.sh, BENCHMARKS.md).
+    // The disks to be removed: once everything is read, their cached pages
+    // are dropped by the reader while the last writes and syncs go on, so
+    // that removing the files has less to free. (Dropping them piece by piece
+    // as the copy went cost the reader more than it saved.)
+    let doomed: Vec<&VhdDisk> = layers[..target_index].to_vec();
     let mut done = 0;
     let sync_file = target
         .file()
@@ -194,6 +196,9 @@ pub fn merge_with(
                     if tx.send(read).is_err() || failed {
                         return;
                     }
+                }
+                for d in &doomed {
+                    crate::io::forget(d.file(), 0, None);
                 }
             });
             let mut since = 0;
