@@ -97,14 +97,14 @@ for ((r = 0; r < REPS; r++)); do
     run list.fat.vmhub bash -c "'$VMHUB' fs ls -R fat32.img >/dev/null"
     run list.fat.mtools bash -c "mdir -/ -i fat32.img ::/ >/dev/null"
     run list.ext.vmhub bash -c "'$VMHUB' fs ls -R ext4.img >/dev/null"
-    fresh; run get.fat.vmhub "$VMHUB" fs get fat32.img:/ out
+    fresh; run get.fat.vmhub bash -c "'$VMHUB' fs get fat32.img:/ out 2>/dev/null"
     diff -r src out >/dev/null || { echo "FAIL: vmhub fs get (FAT) differs from the source" >&2; exit 1; }
     fresh; run get.fat.mtools mcopy -s -n -i fat32.img '::/*' out/
     diff -r src out >/dev/null || { echo "FAIL: mcopy differs from the source" >&2; exit 1; }
-    fresh; run get.ext.vmhub "$VMHUB" fs get ext4.img:/ out
+    fresh; run get.ext.vmhub bash -c "'$VMHUB' fs get ext4.img:/ out 2>/dev/null"
     rm -rf out/lost+found
     diff -r src out >/dev/null || { echo "FAIL: vmhub fs get (ext4) differs from the source" >&2; exit 1; }
-    fresh; run get.ext.debugfs debugfs -R "rdump / out" ext4.img
+    fresh; run get.ext.debugfs bash -c "debugfs -R 'rdump / out' ext4.img 2>/dev/null"
     rm -rf out/lost+found
     diff -r src out >/dev/null || { echo "FAIL: debugfs rdump differs from the source" >&2; exit 1; }
 done

@@ -320,6 +320,9 @@ fn print_listing(rows: &[Listed], long: bool, output: Output) {
         }
         return;
     }
+    // One write for the whole listing: a line at a time costs a system call
+    // per entry.
+    let mut text = String::new();
     for r in rows {
         let e = &r.entry;
         let name = match e.kind {
@@ -341,10 +344,14 @@ fn print_listing(rows: &[Listed], long: bool, output: Output) {
                 .modified
                 .map(format_time)
                 .unwrap_or_else(|| " ".repeat(19));
-            out!("{t} {mode} {:>12}  {when}  {name}", e.size);
+            text.push_str(&format!("{t} {mode} {:>12}  {when}  {name}\n", e.size));
         } else {
-            out!("{name}");
+            text.push_str(&name);
+            text.push('\n');
         }
+    }
+    if let Some(t) = text.strip_suffix('\n') {
+        out!("{t}");
     }
 }
 

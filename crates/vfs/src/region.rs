@@ -7,7 +7,6 @@
 //! anything the disk does not.
 
 use crate::{Error, Result};
-use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 use vdisk::Disk;
@@ -34,9 +33,10 @@ pub struct Region {
     len: u64,
     pos: u64,
     name: String,
-    pages: HashMap<u64, Vec<u8>>,
-    /// Page numbers in the order they were cached, for eviction.
-    order: std::collections::VecDeque<u64>,
+    /// A direct-mapped cache: page `p` can only sit in slot `p % PAGES`, so a
+    /// lookup is one comparison (filesystem crates read a directory entry a
+    /// field at a time, so lookups must be cheap).
+    pages: Vec<Option<(u64, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -69,8 +69,7 @@ impl Region {
             len,
             pos: 0,
             name,
-            pages: HashMap::new(),
-            order: Default::default(),
+            pages: vec![None; PAGES],
         })
     }
 
@@ -160,7 +159,10 @@ impl Region {
         let end = off + buf.len() as u64;
         let mut page = off / PAGE;
         while page * PAGE < end {
-            if let Some(data) = self.pages.get_mut(&page) {
+            if let Some((_, data)) = self.pages[page as usize % PAGES]
+                .as_mut()
+                .filter(|(p, _)| *p == page)
+            {
                 let p0 = page * PAGE;
                 let s = off.max(p0);
                 let e = end.min(p0 + data.len() as u64);
@@ -187,22 +189,26 @@ impl Region {
     }
 
     fn page(&mut self, page: u64) -> io::Result<&Vec<u8>> {
-        if !self.pages.contains_key(&page) {
+        let slot = page as usize % PAGES;
+        let cached = matches!(&self.pages[slot], Some((p, _)) if *p == page);
+        if !cached {
             let p0 = page * PAGE;
             let n = PAGE.min(self.len - p0) as usize;
-            let mut data = vec![0u8; n];
-            self.disk_read(&mut data, p0)?;
-            if self.pages.len() >= PAGES {
-                if let Some(old) = self.order.pop_front() {
-                    self.pages.remove(&old);
+            // Reuse the evicted page's buffer.
+            let mut data = match self.pages[slot].take() {
+                Some((_, mut d)) => {
+                    d.resize(n, 0);
+                    d
                 }
-            }
-            self.pages.insert(page, data);
-            self.order.push_back(page);
+                None => vec![0u8; n],
+            };
+            self.disk_read(&mut data, p0)?;
+            self.pages[slot] = Some((page, data));
         }
-        self.pages
-            .get(&page)
-            .ok_or_else(|| io::Error::other("page cache lost a page"))
+        match &self.pages[slot] {
+            Some((_, d)) => Ok(d),
+            None => Err(io::Error::other("page cache lost a page")),
+        }
     }
 }
 

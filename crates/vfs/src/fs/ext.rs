@@ -153,16 +153,24 @@ impl Volume for ExtVolume {
     }
 
     fn read_file(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let e = self.stat(path)?;
-        match e.kind {
-            EntryKind::Dir => return Err(Error::IsDir(path.to_string())),
-            EntryKind::Other => return Err(Error::Invalid(format!("{path}: not a regular file"))),
-            EntryKind::File | EntryKind::Symlink => {}
-        }
         let name = self.name.clone();
-        let mut file = self.fs.open(path).map_err(|e| ext_err(&name, path, e))?;
-        let size = file.metadata().len();
-        let mut buf = vec![0u8; CHUNK];
+        // One lookup of the path: the file opened (links followed) tells
+        // what it is.
+        let mut file = match self.fs.open(path) {
+            Ok(f) => f,
+            Err(ext4_view::Ext4Error::IsADirectory) => return Err(Error::IsDir(path.to_string())),
+            Err(e) => return Err(ext_err(&name, path, e)),
+        };
+        let md = file.metadata();
+        if md.is_dir() {
+            return Err(Error::IsDir(path.to_string()));
+        }
+        if !matches!(md.file_type(), ext4_view::FileType::Regular) {
+            return Err(Error::Invalid(format!("{path}: not a regular file")));
+        }
+        let size = md.len();
+        // Most files are small: a buffer of their size, up to CHUNK.
+        let mut buf = vec![0u8; (CHUNK as u64).min(size.max(1)) as usize];
         let mut done = 0u64;
         loop {
             // `read_bytes` stops at block boundaries: fill the buffer first.
