@@ -5,8 +5,8 @@
 use crate::fs::{EntryKind, Volume};
 use crate::path::join;
 use crate::{Error, Result};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// How deep a tree may go before it is taken for a loop.
@@ -80,7 +80,7 @@ pub fn extract(vol: &mut dyn Volume, src: &str, local: &Path) -> Result<Extracte
                 }
                 _ => local.to_path_buf(),
             };
-            copy_one(vol, src, entry.kind, entry.modified, &dest, &mut out)?;
+            copy_one(vol, src, entry.kind, entry.modified, &dest, false, &mut out)?;
         }
     }
     Ok(out)
@@ -105,7 +105,7 @@ fn copy_tree(
     // Files first, in one pass over the directory.
     vol.read_dir_files(dir, &mut |e, copy| {
         check_name(dir, &e.name)?;
-        out.bytes += write_file(copy, e.modified, &dest.join(&e.name))?;
+        out.bytes += write_file(copy, e.modified, &dest.join(&e.name), true)?;
         out.files += 1;
         Ok(())
     })?;
@@ -119,7 +119,7 @@ fn copy_tree(
                 copy_tree(vol, &src, &to, depth + 1, out)?;
             }
             EntryKind::File => {}
-            kind => copy_one(vol, &src, kind, e.modified, &to, out)?,
+            kind => copy_one(vol, &src, kind, e.modified, &to, true, out)?,
         }
     }
     Ok(())
@@ -137,11 +137,12 @@ fn copy_one(
     kind: EntryKind,
     modified: Option<i64>,
     dest: &Path,
+    fresh: bool,
     out: &mut Extracted,
 ) -> Result<()> {
     match kind {
         EntryKind::File => {
-            out.bytes += write_file(&mut |w| vol.read_file(src, w), modified, dest)?;
+            out.bytes += write_file(&mut |w| vol.read_file(src, w), modified, dest, fresh)?;
             out.files += 1;
         }
         EntryKind::Symlink => {
@@ -175,41 +176,46 @@ fn make_link(_target: &str, dest: &Path) -> Result<()> {
     )))
 }
 
-/// Writes the file beside `dest` under a temporary name, then renames it over
-/// `dest`: a link at `dest` is replaced, never followed, and a failed copy
+/// Writes a file at `dest`. Into a folder this extraction made (`fresh`), the
+/// file is created where it goes, refusing anything already there; elsewhere
+/// it is written beside `dest` under a temporary name and renamed over it, so
+/// a link at `dest` is replaced, never followed. Either way a failed copy
 /// leaves nothing half-written.
 fn write_file(
     copy: &mut crate::fs::FileCopier<'_>,
     modified: Option<i64>,
     dest: &Path,
+    fresh: bool,
 ) -> Result<u64> {
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    let tmp = if fresh {
+        dest.to_path_buf()
+    } else {
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = dest
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("{}: not a file name", dest.display())))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(base);
+        tmp_name.push(format!(".vmhub-{}", std::process::id()));
+        dir.join(tmp_name)
     };
-    let base = dest
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file name", dest.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(base);
-    tmp_name.push(format!(".vmhub-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .map_err(|e| Error::local(&tmp, "create", e))?;
     let result = (|| {
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        let n = copy(&mut w)?;
-        let file: File = w
-            .into_inner()
-            .map_err(|e| Error::local(&tmp, "write", e.into_error()))?;
+        // Volumes write in pieces of up to 256 KiB: no buffer needed.
+        let n = copy(&mut file)?;
         if let Some(t) = modified.and_then(to_system_time) {
             let _ = file.set_modified(t);
         }
-        drop(file);
-        fs::rename(&tmp, dest).map_err(|e| Error::local(dest, "rename into place", e))?;
+        if !fresh {
+            fs::rename(&tmp, dest).map_err(|e| Error::local(dest, "rename into place", e))?;
+        }
         Ok(n)
     })();
     if result.is_err() {
