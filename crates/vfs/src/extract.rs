@@ -8,6 +8,7 @@ use crate::{Error, Result};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 /// How deep a tree may go before it is taken for a loop.
 pub const MAX_DEPTH: usize = 256;
@@ -70,7 +71,34 @@ pub fn extract(vol: &mut dyn Volume, src: &str, local: &Path) -> Result<Extracte
                 make_dir(&dest)?;
                 out.dirs += 1;
             }
-            copy_tree(vol, src, &dest, 0, &mut out)?;
+            let failed = Mutex::new(None);
+            let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+            let rx = Mutex::new(rx);
+            std::thread::scope(|scope| -> Result<()> {
+                for _ in 0..WRITERS {
+                    let (rx, failed) = (&rx, &failed);
+                    scope.spawn(move || loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if let Err(e) = write_job(&job) {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                    });
+                }
+                let writers = Writers {
+                    tx,
+                    failed: &failed,
+                };
+                copy_tree(vol, src, &dest, 0, &mut out, &writers)
+            })?;
+            if let Some(e) = failed.into_inner().ok().flatten() {
+                return Err(e);
+            }
         }
         _ => {
             let dest = match (local_is_dir, name) {
@@ -86,13 +114,72 @@ pub fn extract(vol: &mut dyn Volume, src: &str, local: &Path) -> Result<Extracte
     Ok(out)
 }
 
+/// Files up to this size are read into memory and written by the writer
+/// threads; larger ones are written as they are read.
+const SMALL: u64 = 1 << 20;
+/// Writer threads.
+const WRITERS: usize = 2;
+/// Files queued for the writers (at most QUEUE × SMALL bytes in memory).
+const QUEUE: usize = 32;
+
+/// A small file read whole, for a writer thread.
+struct Job {
+    path: PathBuf,
+    data: Vec<u8>,
+    modified: Option<i64>,
+}
+
+/// The writer threads of a tree's extraction. Creating a file costs the host
+/// filesystem far more than copying a small file's bytes, and creations on
+/// several threads overlap, so small files go to them.
+struct Writers<'a> {
+    tx: mpsc::SyncSender<Job>,
+    /// The first error a writer met.
+    failed: &'a Mutex<Option<Error>>,
+}
+
+impl Writers<'_> {
+    /// Fails with a writer's error, if one has met one.
+    fn check(&self) -> Result<()> {
+        match self.failed.lock() {
+            Ok(mut f) => match f.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
+            Err(_) => Err(Error::Invalid("a writer thread failed".into())),
+        }
+    }
+}
+
+/// Writes a job's file where it goes (a folder the extraction made).
+fn write_job(job: &Job) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&job.path)
+        .map_err(|e| Error::local(&job.path, "create", e))?;
+    let r = file
+        .write_all(&job.data)
+        .map_err(|e| Error::local(&job.path, "write", e));
+    if r.is_err() {
+        let _ = fs::remove_file(&job.path);
+    }
+    r?;
+    if let Some(t) = job.modified.and_then(to_system_time) {
+        let _ = file.set_modified(t);
+    }
+    Ok(())
+}
+
 fn copy_tree(
     vol: &mut dyn Volume,
     dir: &str,
     dest: &Path,
     depth: usize,
     out: &mut Extracted,
+    writers: &Writers<'_>,
 ) -> Result<()> {
+    writers.check()?;
     if depth >= MAX_DEPTH {
         return Err(Error::Corrupt(format!(
             "{dir}: directories nested more than {MAX_DEPTH} deep (a loop in the directory tree?)"
@@ -105,7 +192,22 @@ fn copy_tree(
     // Files first, in one pass over the directory.
     vol.read_dir_files(dir, &mut |e, copy| {
         check_name(dir, &e.name)?;
-        out.bytes += write_file(copy, e.modified, &dest.join(&e.name), true)?;
+        let path = dest.join(&e.name);
+        if e.size <= SMALL {
+            let mut data = Vec::with_capacity(e.size as usize);
+            out.bytes += copy(&mut data)?;
+            writers.check()?;
+            writers
+                .tx
+                .send(Job {
+                    path,
+                    data,
+                    modified: e.modified,
+                })
+                .map_err(|_| Error::Invalid("the writer threads are gone".into()))?;
+        } else {
+            out.bytes += write_file(copy, e.modified, &path, true)?;
+        }
         out.files += 1;
         Ok(())
     })?;
@@ -116,7 +218,7 @@ fn copy_tree(
             EntryKind::Dir => {
                 make_dir(&to)?;
                 out.dirs += 1;
-                copy_tree(vol, &src, &to, depth + 1, out)?;
+                copy_tree(vol, &src, &to, depth + 1, out, writers)?;
             }
             EntryKind::File => {}
             kind => copy_one(vol, &src, kind, e.modified, &to, true, out)?,
