@@ -342,7 +342,7 @@ fn print_listing(rows: &[Listed], long: bool, output: Output) {
                 .unwrap_or_else(|| "    ".into());
             let when = e
                 .modified
-                .map(format_time)
+                .map(vfs::time::format_utc)
                 .unwrap_or_else(|| " ".repeat(19));
             text.push_str(&format!("{t} {mode} {:>12}  {when}  {name}\n", e.size));
         } else {
@@ -353,28 +353,6 @@ fn print_listing(rows: &[Listed], long: bool, output: Output) {
     if let Some(t) = text.strip_suffix('\n') {
         out!("{t}");
     }
-}
-
-/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn format_time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 /// Copies `local` into the volume at `dest`; returns files and bytes copied.

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod part;
 pub mod path;
 pub mod region;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use fs::{open_volume, Entry, EntryKind, FsKind, Volume};

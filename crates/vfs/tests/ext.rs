@@ -2,45 +2,16 @@
 //! the tree they were made from; free space checked against e2fsprogs; damaged
 //! copies must give errors, never panics.
 
-use std::collections::BTreeSet;
+// Not every helper is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{noise, open_volume as open, read_all, run, same_tree, to_dynamic_vhd, xorshift};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use vfs::{EntryKind, Image, Volume};
-
-const PATH: &str = "/usr/sbin:/sbin:/usr/bin:/bin";
-
-/// Runs a tool and returns its stdout; fails the test when it is missing.
-fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .env(
-            "PATH",
-            format!("{PATH}:{}", std::env::var("PATH").unwrap_or_default()),
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} could not be run ({e}): run scripts/deps.sh"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
+use vfs::EntryKind;
 
 const LONG: &str = "a-rather-long-file-name-that-goes-on-and-on-well-past-the-eight-dot-three-limit-of-old-filesystems-and-keeps-going-to-check-that-nothing-truncates-it-anywhere-along-the-way.txt";
 
@@ -91,79 +62,13 @@ fn mkfs(dir: &Path, kind: &str, src: &Path) -> PathBuf {
     img
 }
 
-fn open(path: &Path) -> vfs::Result<Box<dyn Volume>> {
-    Image::open(path, false)?.volume(None, false)
-}
-
-/// Checks every entry of `dir` in `vol` against the local tree at `local`.
-fn compare(vol: &mut dyn Volume, dir: &str, local: &Path) {
-    let mut want = BTreeSet::new();
-    for e in fs::read_dir(local).unwrap() {
-        want.insert(e.unwrap().file_name().into_string().unwrap());
-    }
-    let list = vol.list(dir).unwrap();
-    let got: BTreeSet<String> = list.iter().map(|e| e.name.clone()).collect();
-    assert_eq!(got, want, "entries of {dir}");
-    for e in list {
-        let p = vfs::path::join(dir, &e.name);
-        let l = local.join(&e.name);
-        let meta = fs::symlink_metadata(&l).unwrap();
-        assert_eq!(vol.stat(&p).unwrap(), e, "stat {p}");
-        assert_eq!(e.modified, Some(meta.mtime()), "mtime of {p}");
-        assert_eq!(e.mode, Some(meta.mode() & 0o7777), "mode of {p}");
-        if meta.file_type().is_symlink() {
-            assert_eq!(e.kind, EntryKind::Symlink, "{p}");
-            let want = fs::read_link(&l).unwrap();
-            assert_eq!(vol.read_link(&p).unwrap(), want.to_str().unwrap());
-        } else if meta.is_dir() {
-            assert_eq!(e.kind, EntryKind::Dir, "{p}");
-            compare(vol, &p, &l);
-        } else {
-            assert_eq!(e.kind, EntryKind::File, "{p}");
-            assert_eq!(e.size, meta.len(), "size of {p}");
-            let mut data = Vec::new();
-            let n = vol.read_file(&p, &mut data).unwrap();
-            assert_eq!(n, meta.len());
-            assert!(data == fs::read(&l).unwrap(), "contents of {p}");
-        }
-    }
-}
-
-/// Checks that two local trees hold the same names, bytes and links.
-fn same_tree(a: &Path, b: &Path) {
-    let names = |p: &Path| -> BTreeSet<String> {
-        fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect()
-    };
-    assert_eq!(names(a), names(b), "{} vs {}", a.display(), b.display());
-    for n in names(a) {
-        let (x, y) = (a.join(&n), b.join(&n));
-        let mx = fs::symlink_metadata(&x).unwrap();
-        let my = fs::symlink_metadata(&y).unwrap();
-        assert_eq!(mx.file_type(), my.file_type(), "{}", y.display());
-        if mx.file_type().is_symlink() {
-            assert_eq!(fs::read_link(&x).unwrap(), fs::read_link(&y).unwrap());
-        } else if mx.is_dir() {
-            same_tree(&x, &y);
-        } else {
-            assert!(
-                fs::read(&x).unwrap() == fs::read(&y).unwrap(),
-                "{}",
-                y.display()
-            );
-        }
-    }
-}
-
 fn check_volume(img: &Path, src: &Path, kind: vfs::FsKind, work: &Path) {
     let mut vol = open(img).unwrap();
     assert_eq!(vol.kind(), kind);
     assert_eq!(vol.label().as_deref(), Some("VMHUBTEST"));
     let root = vol.stat("/").unwrap();
     assert_eq!((root.name.as_str(), root.kind), ("/", EntryKind::Dir));
-    compare(vol.as_mut(), "/", src);
+    common::compare(vol.as_mut(), "/", src, true);
     assert!(matches!(vol.stat("/no/such"), Err(vfs::Error::NotFound(_))));
     assert!(matches!(vol.list("/hello.txt"), Err(vfs::Error::NotDir(_))));
     assert!(matches!(
@@ -194,10 +99,7 @@ fn ext2_tree_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let src = tree(dir.path(), false);
     let img = mkfs(dir.path(), "ext2", &src);
-    fs::create_dir(src.join("lost+found")).unwrap();
-    fs::set_permissions(src.join("lost+found"), fs::Permissions::from_mode(0o700)).unwrap();
-    sync_lost_found(&img, &src);
-    check_volume(&img, &src, vfs::FsKind::Ext2, dir.path());
+    check_with_lost_found(&img, &src, vfs::FsKind::Ext2, dir.path());
 }
 
 #[test]
@@ -205,10 +107,16 @@ fn ext4_tree_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let src = tree(dir.path(), true);
     let img = mkfs(dir.path(), "ext4", &src);
+    check_with_lost_found(&img, &src, vfs::FsKind::Ext4, dir.path());
+}
+
+/// Adds the lost+found mke2fs made to the local tree `src`, then checks the
+/// volume in `img` against it (see [`check_volume`]).
+fn check_with_lost_found(img: &Path, src: &Path, kind: vfs::FsKind, work: &Path) {
     fs::create_dir(src.join("lost+found")).unwrap();
     fs::set_permissions(src.join("lost+found"), fs::Permissions::from_mode(0o700)).unwrap();
-    sync_lost_found(&img, &src);
-    check_volume(&img, &src, vfs::FsKind::Ext4, dir.path());
+    sync_lost_found(img, src);
+    check_volume(img, src, kind, work);
 }
 
 /// Gives the local lost+found the time mke2fs gave the image's.
@@ -228,24 +136,8 @@ fn ext4_in_a_dynamic_vhd_reads_back() {
     let src = tree(dir.path(), true);
     let raw = mkfs(dir.path(), "ext4", &src);
     let vhd = dir.path().join("ext4.vhd");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=dynamic",
-            raw.to_str().unwrap(),
-            vhd.to_str().unwrap(),
-        ],
-    );
-    fs::create_dir(src.join("lost+found")).unwrap();
-    fs::set_permissions(src.join("lost+found"), fs::Permissions::from_mode(0o700)).unwrap();
-    sync_lost_found(&vhd, &src);
-    check_volume(&vhd, &src, vfs::FsKind::Ext4, dir.path());
+    to_dynamic_vhd(&raw, &vhd);
+    check_with_lost_found(&vhd, &src, vfs::FsKind::Ext4, dir.path());
 }
 
 /// Block ranges e2fsprogs lists as free ("Free blocks: 10-20, 30").
@@ -333,28 +225,6 @@ fn ext4_free_ranges_are_free() {
 #[test]
 fn ext2_free_ranges_are_free() {
     check_free_ranges("ext2");
-}
-
-/// Reads everything in the volume; returns the first error.
-fn read_all(vol: &mut dyn Volume, dir: &str) -> vfs::Result<()> {
-    // A damaged image can hold a directory inside itself.
-    if dir.matches('/').count() > 64 {
-        return Ok(());
-    }
-    for e in vol.list(dir)? {
-        let p = vfs::path::join(dir, &e.name);
-        match e.kind {
-            EntryKind::Dir => read_all(vol, &p)?,
-            EntryKind::File => {
-                vol.read_file(&p, &mut std::io::sink())?;
-            }
-            EntryKind::Symlink => {
-                vol.read_link(&p)?;
-            }
-            EntryKind::Other => {}
-        }
-    }
-    Ok(())
 }
 
 fn damaged(good: &Path, dir: &Path, name: &str, at: u64, bytes: &[u8]) -> PathBuf {
@@ -473,12 +343,10 @@ fn randomly_damaged_ext4_never_panics() {
     for round in 0..60 {
         let mut copy = bytes.clone();
         for _ in 0..64 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let r = xorshift(&mut seed);
             // Metadata lives in the first 512 KiB of a small volume.
-            let at = (seed % (512 << 10)) as usize;
-            copy[at] = (seed >> 32) as u8;
+            let at = (r % (512 << 10)) as usize;
+            copy[at] = (r >> 32) as u8;
         }
         let p = dir.path().join(format!("r{round}.raw"));
         fs::write(&p, &copy).unwrap();

@@ -1,55 +1,16 @@
 //! `vfs::build::from_dir` checked against the real tools: every FAT type in
 //! every table layout, read back by `fsck.vfat`, mtools, `sfdisk` and `sgdisk`.
 
+// Not every helper is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{noise, run, write_file};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 use vfs::build::{from_dir, FatType, FromDirOptions, FromDirSummary};
 use vfs::TableKind;
-
-/// Runs a tool with the sbin directories on PATH; a missing tool fails the test.
-fn tool(cmd: &str, args: &[&str]) -> Output {
-    let path = format!(
-        "/usr/sbin:/sbin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
-    match Command::new(cmd)
-        .args(args)
-        .env("PATH", path)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => panic!("{cmd}: {e} (these tests need dosfstools, mtools, fdisk and gdisk: run scripts/deps.sh)"),
-    }
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let o = tool(cmd, args);
-    assert!(
-        o.status.success(),
-        "`{cmd} {}` failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Pseudo-random bytes (xorshift), the same for the same seed.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// When `dated.txt` was last modified (an even second, as FAT keeps it).
 const DATED: u64 = 981_173_106; // 2001-02-03 04:05:06 UTC
@@ -59,9 +20,7 @@ const DATED: u64 = 981_173_106; // 2001-02-03 04:05:06 UTC
 fn make_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut want = BTreeMap::new();
     let mut file = |rel: &str, data: Vec<u8>| {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &data).unwrap();
+        write_file(root, rel, &data);
         want.insert(rel.to_string(), Some(data));
     };
     file("readme.txt", b"hello\n".to_vec());
@@ -96,7 +55,7 @@ fn make_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     want.insert("link to readme".into(), Some(b"hello\n".to_vec()));
     std::os::unix::fs::symlink("/etc/hostname", root.join("outside")).unwrap();
     // A FIFO is not copied.
-    ok("mkfifo", &[root.join("pipe").to_str().unwrap()]);
+    run("mkfifo", &[root.join("pipe").to_str().unwrap()]);
     for d in [
         "nested",
         "nested/deeper",
@@ -146,7 +105,7 @@ fn assert_same(
 /// `fsck.vfat -n` on the filesystem of `img`, copied out of the disk.
 fn fsck(img: &Path, s: &FromDirSummary, work: &Path) {
     let vol = work.join("volume.img");
-    ok(
+    run(
         "dd",
         &[
             &format!("if={}", img.display()),
@@ -157,7 +116,7 @@ fn fsck(img: &Path, s: &FromDirSummary, work: &Path) {
             "status=none",
         ],
     );
-    let out = ok("fsck.vfat", &["-n", vol.to_str().unwrap()]);
+    let out = run("fsck.vfat", &["-n", vol.to_str().unwrap()]);
     let complaints: Vec<&str> = out
         .lines()
         .filter(|l| !l.starts_with("fsck.fat ") && !l.contains(" files, "))
@@ -177,18 +136,18 @@ fn check_image(
     fsck(img, s, work);
 
     let at = format!("{img_s}@@{}", s.volume_start);
-    let dir = ok("mdir", &["-i", &at, "::/"]);
+    let dir = run("mdir", &["-i", &at, "::/"]);
     assert!(dir.contains("TESTVOL"), "label missing from mdir:\n{dir}");
     let dest = work.join("out");
     let _ = std::fs::remove_dir_all(&dest);
-    ok("mcopy", &["-s", "-i", &at, "::/", dest.to_str().unwrap()]);
+    run("mcopy", &["-s", "-i", &at, "::/", dest.to_str().unwrap()]);
     assert_same(&read_tree(&dest), want, &format!("{} {:?}", s.fs, s.table));
     std::fs::remove_dir_all(&dest).unwrap();
 
     match s.table {
         TableKind::Mbr | TableKind::Gpt => {
             let j: serde_json::Value =
-                serde_json::from_str(&ok("sfdisk", &["--json", img_s])).unwrap();
+                serde_json::from_str(&run("sfdisk", &["--json", img_s])).unwrap();
             let t = &j["partitiontable"];
             let parts = t["partitions"].as_array().unwrap();
             assert_eq!(parts.len(), 1, "{j}");
@@ -213,7 +172,7 @@ fn check_image(
                     parts[0]["type"], "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
                     "{j}"
                 );
-                let v = ok("sgdisk", &["-v", img_s]);
+                let v = run("sgdisk", &["-v", img_s]);
                 assert!(v.contains("No problems found"), "{v}");
             }
         }

@@ -1,34 +1,18 @@
 //! `vfs::inspect` on images made by the real tools (mkfs.vfat, mtools,
 //! sfdisk, mke2fs) from small trees that hold the files each rule reads.
 
+// Not every helper is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{run_command, tool, write_file};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vfs::inspect::{inspect, Family, Filesystem, Os, Report, Role};
 use vfs::{FsKind, Image, TableKind};
 
 // ---------------------------------------------------------------- helpers
-
-fn tool(name: &str) -> Command {
-    let path = format!(
-        "/usr/sbin:/sbin:/usr/bin:/bin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut c = Command::new(name);
-    c.env("PATH", path).env("MTOOLS_SKIP_CHECK", "1");
-    c
-}
-
-fn run(c: &mut Command) {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Writes `files` (path, contents) under `root`; a path ending in `/` is a
 /// directory.
@@ -39,8 +23,7 @@ fn tree(root: &Path, files: &[(&str, Vec<u8>)]) {
         if path.ends_with('/') {
             fs::create_dir_all(&p).unwrap();
         } else {
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, data).unwrap();
+            write_file(root, path, data);
         }
     }
 }
@@ -60,7 +43,7 @@ fn mcopy(image: &Path, offset: u64, src: &Path) {
         .arg("-i")
         .arg(format!("{}@@{offset}", image.display()));
     c.args(&items).arg("::/");
-    run(&mut c);
+    run_command(&mut c);
 }
 
 /// A FAT image without a partition table holding `files`.
@@ -68,12 +51,14 @@ fn fat_image(dir: &Path, name: &str, label: &str, files: &[(&str, Vec<u8>)]) -> 
     let img = dir.join(format!("{name}.raw"));
     let src = dir.join(format!("{name}.tree"));
     tree(&src, files);
-    run(tool("mkfs.vfat")
-        .arg("-n")
-        .arg(label)
-        .arg("-C")
-        .arg(&img)
-        .arg("8192"));
+    run_command(
+        tool("mkfs.vfat")
+            .arg("-n")
+            .arg(label)
+            .arg("-C")
+            .arg(&img)
+            .arg("8192"),
+    );
     mcopy(&img, 0, &src);
     img
 }
@@ -93,34 +78,34 @@ fn disk(dir: &Path, name: &str, label: &str, size_mib: u64, parts: &[Part<'_>]) 
     let img = dir.join(format!("{name}.raw"));
     // One more MiB at the end for the backup GPT.
     let total = (2 + size_mib * parts.len() as u64) * MIB;
-    run(tool("truncate").arg("-s").arg(total.to_string()).arg(&img));
+    run_command(tool("truncate").arg("-s").arg(total.to_string()).arg(&img));
     let mut script = format!("label: {label}\n");
     for (i, p) in parts.iter().enumerate() {
         let start = (1 + size_mib * i as u64) * 2048;
         let (Part::Fat(kind, ..) | Part::Raw(kind, _)) = p;
         script += &format!("start={start}, size={}, type={kind}\n", size_mib * 2048);
     }
-    let mut c = tool("sfdisk");
-    c.arg("--no-reread").arg("-q").arg(&img);
-    c.stdin(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk failed");
+    let table = dir.join(format!("{name}.sfdisk"));
+    fs::write(&table, script).unwrap();
+    run_command(
+        tool("sfdisk")
+            .arg("--no-reread")
+            .arg("-q")
+            .arg(&img)
+            .stdin(fs::File::open(&table).unwrap()),
+    );
     for (i, p) in parts.iter().enumerate() {
         let start = (1 + size_mib * i as u64) * MIB;
         match p {
             Part::Fat(_, label, files) => {
-                run(tool("mkfs.vfat")
-                    .arg("-n")
-                    .arg(label)
-                    .arg(format!("--offset={}", start / 512))
-                    .arg(&img)
-                    .arg((size_mib * 1024).to_string()));
+                run_command(
+                    tool("mkfs.vfat")
+                        .arg("-n")
+                        .arg(label)
+                        .arg(format!("--offset={}", start / 512))
+                        .arg(&img)
+                        .arg((size_mib * 1024).to_string()),
+                );
                 let src = dir.join(format!("{name}.{i}.tree"));
                 tree(&src, files);
                 mcopy(&img, start, &src);
@@ -200,6 +185,65 @@ fn debian_tree() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The Debian 12 system [`debian_tree`] holds, with `hostname`.
+fn debian(hostname: &str) -> Os {
+    linux(
+        "debian",
+        "Debian GNU/Linux 12 (bookworm)",
+        "12",
+        Some(hostname),
+    )
+}
+
+/// A Linux system whose programs are the host's, on partition 0.
+fn linux(distribution: &str, name: &str, version: &str, hostname: Option<&str>) -> Os {
+    Os {
+        distribution: s(distribution),
+        name: s(name),
+        version: s(version),
+        architecture: Some(host_arch()),
+        hostname: hostname.map(str::to_string),
+        partition: Some(0),
+        ..os(Family::Linux)
+    }
+}
+
+/// A Windows system on partition 0.
+fn windows(name: &str, version: &str, architecture: &str) -> Os {
+    Os {
+        name: s(name),
+        version: s(version),
+        architecture: s(architecture),
+        partition: Some(0),
+        ..os(Family::Windows)
+    }
+}
+
+/// A DOS system on partition 0.
+fn dos(distribution: &str, name: &str, version: &str) -> Os {
+    Os {
+        distribution: s(distribution),
+        name: s(name),
+        version: s(version),
+        architecture: s("x86"),
+        partition: Some(0),
+        ..os(Family::Dos)
+    }
+}
+
+/// Inspects a FAT volume without a partition table, labelled `label` and
+/// holding `files`, and checks that it finds `want` on a filesystem of role
+/// `role`, with nothing to note.
+fn bare_fat(name: &str, label: &str, files: &[(&str, Vec<u8>)], want: Os, role: Role) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fat_image(dir.path(), name, label, files);
+    let r = report_of(&img);
+    assert_eq!(r.os, want);
+    one_fs(&r, 0, FsKind::Fat12, Some(label), IMG_8M, role);
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    r
+}
+
 // ---------------------------------------------------- a PE kernel, by hand
 
 /// A UTF-16LE string with its NUL.
@@ -269,6 +313,9 @@ fn version_info(version: [u16; 4], product: &str) -> Vec<u8> {
     vs_node("VS_VERSION_INFO", &fixed, 52, false, &[sfi])
 }
 
+/// The ProductName of Windows' own files.
+const WINDOWS_PRODUCT: &str = "Microsoft® Windows® Operating System";
+
 /// A PE file (PE32+ when `wide`, else PE32) for `machine` whose only
 /// section is a resource table holding one version resource.
 fn pe_with_version(machine: u16, wide: bool, version: [u16; 4], product: &str) -> Vec<u8> {
@@ -330,35 +377,19 @@ fn pe_with_version(machine: u16, wide: bool, version: [u16; 4], product: &str) -
 
 #[test]
 fn debian_on_a_bare_fat_volume() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = fat_image(dir.path(), "debian", "DEBROOT", &debian_tree());
-    let r = report_of(&img);
-    let want = Os {
-        distribution: s("debian"),
-        name: s("Debian GNU/Linux 12 (bookworm)"),
-        version: s("12"),
-        architecture: Some(host_arch()),
-        hostname: s("debhost"),
-        partition: Some(0),
-        ..os(Family::Linux)
-    };
-    assert_eq!(r.os, want);
-    assert_eq!(r.partition_table, TableKind::None);
-    assert_eq!(r.filesystems.len(), 1);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("DEBROOT"),
-        IMG_8M,
+    let r = bare_fat(
+        "debian",
+        "DEBROOT",
+        &debian_tree(),
+        debian("debhost"),
         Role::LinuxRoot,
     );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    assert_eq!(r.partition_table, TableKind::None);
+    assert_eq!(r.filesystems.len(), 1);
 }
 
 #[test]
 fn ubuntu_os_release_and_usr_bin_env() {
-    let dir = tempfile::tempdir().unwrap();
     let files = vec![
         (
             "etc/os-release",
@@ -370,33 +401,15 @@ fn ubuntu_os_release_and_usr_bin_env() {
         ("etc/hostname", text("# set by the installer\n\nubuntu-vm\n")),
         ("usr/bin/env", host_elf()),
     ];
-    let img = fat_image(dir.path(), "ubuntu", "UBUNTU", &files);
-    let r = report_of(&img);
     let want = Os {
-        distribution: s("ubuntu"),
         distribution_like: vec!["debian".to_string()],
-        name: s("Ubuntu 22.04.3 LTS"),
-        version: s("22.04"),
-        architecture: Some(host_arch()),
-        hostname: s("ubuntu-vm"),
-        partition: Some(0),
-        ..os(Family::Linux)
+        ..linux("ubuntu", "Ubuntu 22.04.3 LTS", "22.04", Some("ubuntu-vm"))
     };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("UBUNTU"),
-        IMG_8M,
-        Role::LinuxRoot,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    bare_fat("ubuntu", "UBUNTU", &files, want, Role::LinuxRoot);
 }
 
 #[test]
 fn fedora_usr_lib_os_release_and_sbin_init() {
-    let dir = tempfile::tempdir().unwrap();
     let files = vec![
         ("etc/fstab", text("# empty\n")),
         (
@@ -408,31 +421,12 @@ fn fedora_usr_lib_os_release_and_sbin_init() {
         ),
         ("sbin/init", host_elf()),
     ];
-    let img = fat_image(dir.path(), "fedora", "FEDORA", &files);
-    let r = report_of(&img);
-    let want = Os {
-        distribution: s("fedora"),
-        name: s("Fedora Linux 39 (Server Edition)"),
-        version: s("39"),
-        architecture: Some(host_arch()),
-        partition: Some(0),
-        ..os(Family::Linux)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("FEDORA"),
-        IMG_8M,
-        Role::LinuxRoot,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let want = linux("fedora", "Fedora Linux 39 (Server Edition)", "39", None);
+    bare_fat("fedora", "FEDORA", &files, want, Role::LinuxRoot);
 }
 
 #[test]
 fn old_redhat_release_without_os_release() {
-    let dir = tempfile::tempdir().unwrap();
     let files = vec![
         ("etc/redhat-release", text("CentOS release 6.10 (Final)\n")),
         (
@@ -441,98 +435,37 @@ fn old_redhat_release_without_os_release() {
         ),
         ("bin/busybox", host_elf()),
     ];
-    let img = fat_image(dir.path(), "centos", "CENTOS", &files);
-    let r = report_of(&img);
-    let want = Os {
-        distribution: s("centos"),
-        name: s("CentOS release 6.10 (Final)"),
-        version: s("6.10"),
-        architecture: Some(host_arch()),
-        hostname: s("oldbox"),
-        partition: Some(0),
-        ..os(Family::Linux)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("CENTOS"),
-        IMG_8M,
-        Role::LinuxRoot,
+    let want = linux(
+        "centos",
+        "CentOS release 6.10 (Final)",
+        "6.10",
+        Some("oldbox"),
     );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    bare_fat("centos", "CENTOS", &files, want, Role::LinuxRoot);
 }
 
 #[test]
 fn windows_11_x64_kernel_version_resource() {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = pe_with_version(
-        0x8664,
-        true,
-        [10, 0, 22631, 2428],
-        "Microsoft® Windows® Operating System",
-    );
+    let kernel = pe_with_version(0x8664, true, [10, 0, 22631, 2428], WINDOWS_PRODUCT);
     let files = vec![
         ("Windows/System32/ntoskrnl.exe", kernel),
         ("Windows/System32/config/", Vec::new()),
         ("Users/", Vec::new()),
     ];
-    let img = fat_image(dir.path(), "win11", "WINSYS", &files);
-    let r = report_of(&img);
-    let want = Os {
-        name: s("Windows 11"),
-        version: s("10.0.22631.2428"),
-        architecture: s("x86_64"),
-        partition: Some(0),
-        ..os(Family::Windows)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("WINSYS"),
-        IMG_8M,
-        Role::WindowsSystem,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let want = windows("Windows 11", "10.0.22631.2428", "x86_64");
+    bare_fat("win11", "WINSYS", &files, want, Role::WindowsSystem);
 }
 
 #[test]
 fn windows_7_x86_kernel32_in_upper_case_folders() {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel32 = pe_with_version(
-        0x014c,
-        false,
-        [6, 1, 7601, 17514],
-        "Microsoft® Windows® Operating System",
-    );
+    let kernel32 = pe_with_version(0x014c, false, [6, 1, 7601, 17514], WINDOWS_PRODUCT);
     let files = vec![("WINDOWS/SYSTEM32/KERNEL32.DLL", kernel32)];
-    let img = fat_image(dir.path(), "win7", "WIN7", &files);
-    let r = report_of(&img);
-    let want = Os {
-        name: s("Windows 7"),
-        version: s("6.1.7601.17514"),
-        architecture: s("i386"),
-        partition: Some(0),
-        ..os(Family::Windows)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("WIN7"),
-        IMG_8M,
-        Role::WindowsSystem,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let want = windows("Windows 7", "6.1.7601.17514", "i386");
+    bare_fat("win7", "WIN7", &files, want, Role::WindowsSystem);
 }
 
 #[test]
 fn freedos_kernel_sys() {
-    let dir = tempfile::tempdir().unwrap();
     let files = vec![
         ("KERNEL.SYS", vec![0xeb, 0x3c, 0x90, 0, 0, 0]),
         ("COMMAND.COM", text("\u{1}FreeDOS command shell")),
@@ -543,31 +476,12 @@ fn freedos_kernel_sys() {
         ),
         ("FREEDOS/BIN/", Vec::new()),
     ];
-    let img = fat_image(dir.path(), "freedos", "FREEDOS", &files);
-    let r = report_of(&img);
-    let want = Os {
-        distribution: s("freedos"),
-        name: s("FreeDOS 1.3"),
-        version: s("1.3"),
-        architecture: s("x86"),
-        partition: Some(0),
-        ..os(Family::Dos)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("FREEDOS"),
-        IMG_8M,
-        Role::DosSystem,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let want = dos("freedos", "FreeDOS 1.3", "1.3");
+    bare_fat("freedos", "FREEDOS", &files, want, Role::DosSystem);
 }
 
 #[test]
 fn msdos_io_sys_and_msdos_sys() {
-    let dir = tempfile::tempdir().unwrap();
     let mut command = vec![0xe9, 0x10, 0x00];
     command.extend(b"\0\0Specified COMMAND search directory bad\r\n$MS-DOS Version 6.22\r\n$");
     let files = vec![
@@ -575,26 +489,8 @@ fn msdos_io_sys_and_msdos_sys() {
         ("MSDOS.SYS", vec![0xe9, 0, 0, 0, 0]),
         ("COMMAND.COM", command),
     ];
-    let img = fat_image(dir.path(), "msdos", "MSDOS622", &files);
-    let r = report_of(&img);
-    let want = Os {
-        distribution: s("msdos"),
-        name: s("MS-DOS 6.22"),
-        version: s("6.22"),
-        architecture: s("x86"),
-        partition: Some(0),
-        ..os(Family::Dos)
-    };
-    assert_eq!(r.os, want);
-    one_fs(
-        &r,
-        0,
-        FsKind::Fat12,
-        Some("MSDOS622"),
-        IMG_8M,
-        Role::DosSystem,
-    );
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let want = dos("msdos", "MS-DOS 6.22", "6.22");
+    bare_fat("msdos", "MSDOS622", &files, want, Role::DosSystem);
 }
 
 #[test]
@@ -618,13 +514,8 @@ fn mbr_disk_with_boot_and_root_partitions() {
     );
     let r = report_of(&img);
     let want = Os {
-        distribution: s("debian"),
-        name: s("Debian GNU/Linux 12 (bookworm)"),
-        version: s("12"),
-        architecture: Some(host_arch()),
-        hostname: s("debhost"),
         partition: Some(2),
-        ..os(Family::Linux)
+        ..debian("debhost")
     };
     assert_eq!(r.os, want);
     assert_eq!(r.partition_table, TableKind::Mbr);
@@ -662,12 +553,7 @@ fn gpt_disk_with_efi_and_windows_server() {
         ("EFI/BOOT/BOOTX64.EFI", vec![0x4d, 0x5a, 0, 0]),
         ("EFI/Microsoft/Boot/BCD", vec![0u8; 16]),
     ];
-    let kernel = pe_with_version(
-        0x8664,
-        true,
-        [10, 0, 20348, 2031],
-        "Microsoft® Windows® Operating System",
-    );
+    let kernel = pe_with_version(0x8664, true, [10, 0, 20348, 2031], WINDOWS_PRODUCT);
     let system = vec![
         ("Windows/System32/ntoskrnl.exe", kernel),
         ("Windows/System32/ServerManager.exe", vec![0x4d, 0x5a]),
@@ -684,11 +570,8 @@ fn gpt_disk_with_efi_and_windows_server() {
     );
     let r = report_of(&img);
     let want = Os {
-        name: s("Windows Server 2022"),
-        version: s("10.0.20348.2031"),
-        architecture: s("x86_64"),
         partition: Some(2),
-        ..os(Family::Windows)
+        ..windows("Windows Server 2022", "10.0.20348.2031", "x86_64")
     };
     assert_eq!(r.os, want);
     assert_eq!(r.partition_table, TableKind::Gpt);
@@ -784,22 +667,15 @@ fn debian_on_ext4_with_symlinks() {
     std::os::unix::fs::symlink("usr/bin", src.join("bin")).unwrap();
     std::os::unix::fs::symlink("../usr/lib/os-release", src.join("etc/os-release")).unwrap();
     let img = dir.path().join("ext4.raw");
-    run(tool("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "extroot", "-d"])
-        .arg(&src)
-        .arg(&img)
-        .arg("32M"));
+    run_command(
+        tool("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "extroot", "-d"])
+            .arg(&src)
+            .arg(&img)
+            .arg("32M"),
+    );
     let r = report_of(&img);
-    let want = Os {
-        distribution: s("debian"),
-        name: s("Debian GNU/Linux 12 (bookworm)"),
-        version: s("12"),
-        architecture: Some(host_arch()),
-        hostname: s("extbox"),
-        partition: Some(0),
-        ..os(Family::Linux)
-    };
-    assert_eq!(r.os, want);
+    assert_eq!(r.os, debian("extbox"));
     one_fs(
         &r,
         0,

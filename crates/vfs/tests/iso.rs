@@ -2,36 +2,14 @@
 //! level 1), read back through vfs and compared with their source trees;
 //! damaged copies must give errors, never panics.
 
-use std::collections::BTreeSet;
+// Not every helper is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{compare, noise, open_volume as open, read_all, run, same_tree, xorshift};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use vfs::{EntryKind, Image, Volume};
-
-fn run(tool: &str, args: &[&str]) {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} could not be run ({e}): run scripts/deps.sh"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// Nested dirs, long and non-ASCII names, an empty file, noise, and (for
 /// Rock Ridge) links.
@@ -68,75 +46,6 @@ fn mkiso(dir: &Path, src: &Path, file: &str, opts: &[&str]) -> PathBuf {
     ]);
     run("xorriso", &args);
     out
-}
-
-fn open(path: &Path) -> vfs::Result<Box<dyn Volume>> {
-    Image::open(path, false)?.volume(None, false)
-}
-
-/// Compares `dir` of `vol` with `local`; `exact` checks modes and times.
-fn compare(vol: &mut dyn Volume, dir: &str, local: &Path, exact: bool) {
-    let want: BTreeSet<String> = fs::read_dir(local)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    let list = vol.list(dir).unwrap();
-    let got: BTreeSet<String> = list.iter().map(|e| e.name.clone()).collect();
-    assert_eq!(got, want, "entries of {dir}");
-    for e in list {
-        let p = vfs::path::join(dir, &e.name);
-        let l = local.join(&e.name);
-        let meta = fs::symlink_metadata(&l).unwrap();
-        assert_eq!(vol.stat(&p).unwrap(), e);
-        if exact {
-            assert_eq!(e.mode, Some(meta.mode() & 0o7777), "mode of {p}");
-            assert_eq!(e.modified, Some(meta.mtime()), "mtime of {p}");
-        }
-        if meta.file_type().is_symlink() {
-            assert_eq!(e.kind, EntryKind::Symlink, "{p}");
-            assert_eq!(
-                vol.read_link(&p).unwrap(),
-                fs::read_link(&l).unwrap().to_str().unwrap()
-            );
-        } else if meta.is_dir() {
-            assert_eq!(e.kind, EntryKind::Dir, "{p}");
-            compare(vol, &p, &l, exact);
-        } else {
-            assert_eq!((e.kind, e.size), (EntryKind::File, meta.len()), "{p}");
-            let mut data = Vec::new();
-            assert_eq!(vol.read_file(&p, &mut data).unwrap(), meta.len());
-            assert!(data == fs::read(&l).unwrap(), "contents of {p}");
-        }
-    }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let names = |p: &Path| -> BTreeSet<String> {
-        fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect()
-    };
-    assert_eq!(names(a), names(b));
-    for n in names(a) {
-        let (x, y) = (a.join(&n), b.join(&n));
-        let (mx, my) = (
-            fs::symlink_metadata(&x).unwrap(),
-            fs::symlink_metadata(&y).unwrap(),
-        );
-        assert_eq!(mx.file_type(), my.file_type(), "{}", y.display());
-        if mx.file_type().is_symlink() {
-            assert_eq!(fs::read_link(&x).unwrap(), fs::read_link(&y).unwrap());
-        } else if mx.is_dir() {
-            same_tree(&x, &y);
-        } else {
-            assert!(
-                fs::read(&x).unwrap() == fs::read(&y).unwrap(),
-                "{}",
-                y.display()
-            );
-        }
-    }
 }
 
 #[test]
@@ -201,27 +110,6 @@ fn first_root_record(img: &[u8]) -> usize {
     let dot = img[root] as usize;
     let dotdot = img[root + dot] as usize;
     root + dot + dotdot
-}
-
-fn read_all(vol: &mut dyn Volume, dir: &str) -> vfs::Result<()> {
-    // A damaged image can hold a directory inside itself.
-    if dir.matches('/').count() > 64 {
-        return Ok(());
-    }
-    for e in vol.list(dir)? {
-        let p = vfs::path::join(dir, &e.name);
-        match e.kind {
-            EntryKind::Dir => read_all(vol, &p)?,
-            EntryKind::File => {
-                vol.read_file(&p, &mut std::io::sink())?;
-            }
-            EntryKind::Symlink => {
-                vol.read_link(&p)?;
-            }
-            EntryKind::Other => {}
-        }
-    }
-    Ok(())
 }
 
 fn write_copy(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -305,11 +193,9 @@ fn randomly_damaged_isos_never_panic() {
     for round in 0..200 {
         let mut bad = good.clone();
         for _ in 0..32 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let at = 16 * 2048 + (seed as usize % (end - 16 * 2048));
-            bad[at] = (seed >> 40) as u8;
+            let r = xorshift(&mut seed);
+            let at = 16 * 2048 + (r as usize % (end - 16 * 2048));
+            bad[at] = (r >> 40) as u8;
         }
         let p = write_copy(dir.path(), &format!("r{round}.iso"), &bad);
         if let Ok(mut vol) = open(&p) {

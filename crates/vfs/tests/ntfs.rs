@@ -6,45 +6,16 @@
 //! mkntfs makes ($Extend and its children) and the root, which holds enough
 //! files to need index records beside its index root.
 
+// Not every helper is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{noise, open_volume, run, run_command, to_dynamic_vhd, tool, xorshift};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vfs::fs::ntfs::NtfsVolume;
 use vfs::{EntryKind, Error, Image, Volume};
-
-const PATH: &str = "/usr/sbin:/sbin:/usr/bin:/bin";
-
-/// Runs a tool and returns its stdout; fails the test when it is missing.
-fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .env(
-            "PATH",
-            format!("{PATH}:{}", std::env::var("PATH").unwrap_or_default()),
-        )
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} could not be run ({e}): run scripts/deps.sh"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed (ntfs-3g, fdisk and qemu-utils are needed: run scripts/deps.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 const LONG: &str = "a-rather-long-file-name-that-goes-on-and-on-well-past-the-eight-dot-three-limit-of-old-filesystems-and-keeps-going-to-check-that-nothing-truncates-it.txt";
 
@@ -163,8 +134,7 @@ fn check_volume(vol: &mut dyn Volume) {
 #[test]
 fn whole_disk_ntfs_reads_back() {
     let (dir, img) = whole_disk();
-    let image = Image::open(&img, false).unwrap();
-    let mut vol = image.volume(None, false).unwrap();
+    let mut vol = open_volume(&img).unwrap();
     check_volume(&mut *vol);
 
     let dest = dir.path().join("out");
@@ -179,8 +149,7 @@ fn whole_disk_ntfs_reads_back() {
 #[test]
 fn free_ranges_match_the_bitmap() {
     let (_dir, img) = whole_disk();
-    let image = Image::open(&img, false).unwrap();
-    let mut vol = image.volume(None, false).unwrap();
+    let mut vol = open_volume(&img).unwrap();
     let free = vol.free_ranges().unwrap();
     let total: u64 = free.iter().map(|r| r.1).sum();
     // 64 MiB with ~4 MiB of files and the metadata: most of it is free.
@@ -216,16 +185,10 @@ fn ntfs_in_an_mbr_partition_and_a_vhd() {
     run("truncate", &["-s", "72M", disk.to_str().unwrap()]);
     let table = dir.path().join("table.sfdisk");
     fs::write(&table, "label: dos\nstart=2048, size=131072, type=7\n").unwrap();
-    let out = Command::new("sfdisk")
-        .arg(&disk)
-        .env("PATH", PATH)
-        .stdin(fs::File::open(&table).unwrap())
-        .output()
-        .unwrap_or_else(|e| panic!("sfdisk could not be run ({e}): run scripts/deps.sh"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_command(
+        tool("sfdisk")
+            .arg(&disk)
+            .stdin(fs::File::open(&table).unwrap()),
     );
     run(
         "dd",
@@ -244,20 +207,7 @@ fn ntfs_in_an_mbr_partition_and_a_vhd() {
         check_volume(&mut *vol);
     }
     let vhd = dir.path().join("disk.vhd");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=dynamic",
-            disk.to_str().unwrap(),
-            vhd.to_str().unwrap(),
-        ],
-    );
+    to_dynamic_vhd(&disk, &vhd);
     let image = Image::open(&vhd, false).unwrap();
     let mut vol = image.volume(Some(1), false).unwrap();
     check_volume(&mut *vol);
@@ -414,12 +364,7 @@ fn random_damage_never_panics() {
         "the root index spilled into index records"
     );
     let mut seed = 0x1234_5678u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = || xorshift(&mut seed);
     for round in 0..150 {
         let mut touched = Vec::new();
         for _ in 0..1 + next() % 8 {

@@ -144,23 +144,10 @@ fn fat_datetime(t: SystemTime) -> fatfs::DateTime {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
     };
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (date, time) = if year < 1980 {
-        ((1980, 1, 1), (0, 0, 0))
-    } else if year > 2107 {
-        ((2107, 12, 31), (23, 59, 58))
-    } else {
-        ((year, month, day), (rem / 3600, rem % 3600 / 60, rem % 60))
+    let (date, time) = match crate::time::civil_from_unix(secs) {
+        ((year, ..), _) if year < 1980 => ((1980, 1, 1), (0, 0, 0)),
+        ((year, ..), _) if year > 2107 => ((2107, 12, 31), (23, 59, 58)),
+        civil => civil,
     };
     fatfs::DateTime {
         date: fatfs::Date {

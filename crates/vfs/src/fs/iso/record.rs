@@ -103,21 +103,11 @@ pub(super) fn records(data: &[u8]) -> Result<Vec<(usize, Record)>, String> {
     Ok(out)
 }
 
-/// Days from 1970-01-01 to the given proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn seconds(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64, offset: i8) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let local = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s;
+    let local = crate::time::days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s;
     // The offset from GMT is in 15-minute units.
     Some(local - i64::from(offset) * 900)
 }
