@@ -134,37 +134,55 @@ pub enum ImgCommand {
     Bench(crate::bench::BenchArgs),
     /// Make a disk image holding a copy of a folder: a FAT filesystem in one
     /// MBR or GPT partition, or alone on the disk.
-    FromDir {
-        /// The folder to copy.
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-        /// The new image.
-        #[arg(value_name = "OUT")]
-        image: PathBuf,
-        /// Image size [default: what the files need, with 10% to spare].
-        #[arg(long, value_parser = parse_size)]
-        size: Option<u64>,
-        /// Filesystem [default: by volume size: FAT12 below 16 MiB, FAT16
-        /// below 512 MiB, else FAT32].
-        #[arg(long, value_parser = ["fat12", "fat16", "fat32"])]
-        fs: Option<String>,
-        /// Partition table; `none` puts the filesystem at sector 0.
-        #[arg(long, value_parser = ["mbr", "gpt", "none"], default_value = "mbr")]
-        table: String,
-        /// Volume label (up to 11 characters).
-        #[arg(long)]
-        label: Option<String>,
-        #[command(flatten)]
-        out: OutputFormat,
-        /// Show a progress bar (shown anyway when stderr is a terminal).
-        #[arg(long)]
-        progress: bool,
-        /// Replace OUT if it exists.
-        #[arg(long)]
-        force: bool,
-        #[arg(long, value_enum, default_value_t = Output::Human)]
-        output: Output,
-    },
+    FromDir(FromDirArgs),
+}
+
+/// `img from-dir`.
+#[derive(Args)]
+pub struct FromDirArgs {
+    /// The folder to copy.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// The new image.
+    #[arg(value_name = "OUT")]
+    image: PathBuf,
+    /// Image size [default: what the files need, with 10% to spare].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Filesystem [default: by volume size: FAT12 below 16 MiB, FAT16
+    /// below 512 MiB, else FAT32].
+    #[arg(long, value_enum)]
+    fs: Option<FsArg>,
+    /// Partition table; `none` puts the filesystem at sector 0.
+    #[arg(long, value_enum, default_value_t = TableArg::Mbr)]
+    table: TableArg,
+    /// Volume label (up to 11 characters).
+    #[arg(long)]
+    label: Option<String>,
+    #[command(flatten)]
+    out: OutputFormat,
+    /// Show a progress bar (shown anyway when stderr is a terminal).
+    #[arg(long)]
+    progress: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FsArg {
+    Fat12,
+    Fat16,
+    Fat32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TableArg {
+    Mbr,
+    Gpt,
+    None,
 }
 
 /// How results are printed.
@@ -388,7 +406,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             print_map(&extents, output)?;
         }
         ImgCommand::Bench(args) => crate::bench::run(args)?,
-        cmd @ ImgCommand::FromDir { .. } => run_from_dir(cmd)?,
+        ImgCommand::FromDir(a) => run_from_dir(a)?,
         ImgCommand::Resize { file, size, force } => {
             for n in vdisk::vhd::resize::resize(&file, size, force)? {
                 eprintln!("vmhub: note: {n}");
@@ -470,8 +488,8 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
 }
 
 /// `img from-dir`.
-fn run_from_dir(cmd: ImgCommand) -> Result<()> {
-    let ImgCommand::FromDir {
+fn run_from_dir(a: FromDirArgs) -> Result<()> {
+    let FromDirArgs {
         dir,
         image,
         size,
@@ -482,18 +500,16 @@ fn run_from_dir(cmd: ImgCommand) -> Result<()> {
         progress,
         force,
         output,
-    } = cmd
-    else {
-        bail!("not an img from-dir command");
-    };
-    let fat = fs
-        .map(|f| f.parse::<vfs::build::FatType>())
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let table = match table.as_str() {
-        "gpt" => vfs::TableKind::Gpt,
-        "none" => vfs::TableKind::None,
-        _ => vfs::TableKind::Mbr,
+    } = a;
+    let fat = fs.map(|f| match f {
+        FsArg::Fat12 => vfs::build::FatType::Fat12,
+        FsArg::Fat16 => vfs::build::FatType::Fat16,
+        FsArg::Fat32 => vfs::build::FatType::Fat32,
+    });
+    let table = match table {
+        TableArg::Mbr => vfs::TableKind::Mbr,
+        TableArg::Gpt => vfs::TableKind::Gpt,
+        TableArg::None => vfs::TableKind::None,
     };
     let opts = vfs::build::FromDirOptions {
         size,

@@ -176,6 +176,17 @@ impl Region {
         Ok(())
     }
 
+    /// [`Region::read_at`] for `vfs` code: a failure becomes the error it
+    /// stands for, naming the region.
+    pub fn read_at_checked(&mut self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.read_at(buf, off).map_err(|e| from_io(e, &self.name))
+    }
+
+    /// [`Region::write_at`] for `vfs` code, as [`Region::read_at_checked`].
+    pub fn write_at_checked(&mut self, buf: &[u8], off: u64) -> Result<()> {
+        self.write_at(buf, off).map_err(|e| from_io(e, &self.name))
+    }
+
     /// Makes every write so far durable.
     pub fn flush_disk(&mut self) -> Result<()> {
         lock(&self.disk)?.flush()?;

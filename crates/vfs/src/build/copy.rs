@@ -27,7 +27,7 @@ pub(super) fn format_volume(
     )
     .map_err(|e| from_io(e, &format!("{name}: formatting {}", plan.fat)))?;
     let mut boot = [0u8; 512];
-    region.read_at(&mut boot, 0).map_err(|e| from_io(e, name))?;
+    region.read_at_checked(&mut boot, 0)?;
     let g = Geometry::read(&boot)
         .filter(|g| g.fat == plan.fat)
         .ok_or_else(|| {
@@ -43,9 +43,7 @@ pub(super) fn format_volume(
         let (date, time) = fat_date_time(SystemTime::now());
         entry[22..24].copy_from_slice(&time.to_le_bytes());
         entry[24..26].copy_from_slice(&date.to_le_bytes());
-        region
-            .write_at(&entry, g.root_dir)
-            .map_err(|e| from_io(e, name))?;
+        region.write_at_checked(&entry, g.root_dir)?;
     }
     Ok(g)
 }

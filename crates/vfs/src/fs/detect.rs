@@ -104,8 +104,7 @@ fn peek(r: &mut Region, off: u64, n: usize) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     let mut b = vec![0u8; n];
-    r.read_at(&mut b, off)
-        .map_err(|e| crate::region::from_io(e, r.name()))?;
+    r.read_at_checked(&mut b, off)?;
     Ok(Some(b))
 }
 

@@ -9,7 +9,7 @@
 
 use super::{Entry, EntryKind, FsKind, Volume};
 use crate::path::split;
-use crate::region::{from_io, Region};
+use crate::region::Region;
 use crate::{Error, Result};
 use ext4_view::{Ext4, Ext4Error, Ext4Read, Metadata};
 use std::io::Write;
@@ -406,9 +406,7 @@ impl Descriptor {
 fn free_blocks(region: &mut Region) -> Result<Vec<(u64, u64)>> {
     let name = region.name().to_string();
     let mut sb = [0u8; 1024];
-    region
-        .read_at(&mut sb, 1024)
-        .map_err(|e| from_io(e, &name))?;
+    region.read_at_checked(&mut sb, 1024)?;
     let g = Geometry::parse(&sb, region.len(), &name)?;
     let table = (g.first_data_block + 1) * g.block_size;
     let mut desc = vec![0u8; g.desc_size as usize];
@@ -417,9 +415,7 @@ fn free_blocks(region: &mut Region) -> Result<Vec<(u64, u64)>> {
     let mut total = 0u64;
     let mut groups = Vec::with_capacity(g.groups as usize);
     for group in 0..g.groups {
-        region
-            .read_at(&mut desc, table + group * g.desc_size)
-            .map_err(|e| from_io(e, &name))?;
+        region.read_at_checked(&mut desc, table + group * g.desc_size)?;
         groups.push(Descriptor::parse(&desc));
     }
     // Blocks of every group's bitmaps and inode table, for the groups whose
@@ -474,9 +470,7 @@ fn free_blocks(region: &mut Region) -> Result<Vec<(u64, u64)>> {
                 g.blocks
             )));
         }
-        region
-            .read_at(&mut bitmap, at * g.block_size)
-            .map_err(|e| from_io(e, &name))?;
+        region.read_at_checked(&mut bitmap, at * g.block_size)?;
         let recorded = d.free;
         let clear = (0..count)
             .filter(|&i| {

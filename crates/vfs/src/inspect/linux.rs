@@ -65,12 +65,7 @@ fn os_release(r: &mut Reader<'_>, os: &mut Os) -> bool {
         return false;
     };
     let vars = parse_vars(&text);
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| var(&vars, k);
     os.distribution = get("ID").map(|s| s.to_ascii_lowercase());
     os.distribution_like = get("ID_LIKE")
         .map(|s| s.split_whitespace().map(str::to_ascii_lowercase).collect())
@@ -92,12 +87,7 @@ fn os_release(r: &mut Reader<'_>, os: &mut Os) -> bool {
 fn old_release(r: &mut Reader<'_>, os: &mut Os) -> bool {
     if let Some(text) = r.read_text("/etc/lsb-release", TEXT_MAX) {
         let vars = parse_vars(&text);
-        let get = |k: &str| {
-            vars.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| var(&vars, k);
         if let Some(id) = get("DISTRIB_ID") {
             os.distribution = Some(id.to_ascii_lowercase());
             os.version = get("DISTRIB_RELEASE");
@@ -156,6 +146,14 @@ fn first_line(r: &mut Reader<'_>, path: &str) -> Option<String> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
+}
+
+/// The non-empty value of `key` among `vars` (from [`parse_vars`]).
+fn var(vars: &[(String, String)], key: &str) -> Option<String> {
+    vars.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
 }
 
 /// `KEY=value` lines as os-release and lsb-release write them: values may be

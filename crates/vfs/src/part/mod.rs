@@ -86,9 +86,7 @@ pub fn read_table(disk: &SharedDisk, name: &str) -> Result<Table> {
     let size = whole.len();
     let mut mbr = [0u8; 512];
     if size >= SECTOR {
-        whole
-            .read_at(&mut mbr, 0)
-            .map_err(|e| crate::region::from_io(e, name))?;
+        whole.read_at_checked(&mut mbr, 0)?;
     }
     let signed = size >= SECTOR && mbr[510] == 0x55 && mbr[511] == 0xAA;
     let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
@@ -206,14 +204,12 @@ fn read_mbr(disk: &SharedDisk, name: &str, whole: &mut Region) -> Result<Table> 
 
 /// The GPT header at `lba`, checked for the fields the `gpt` crate would
 /// trust without bounds: `Ok(None)` when there is no header there.
-fn check_gpt_header(whole: &mut Region, name: &str, lba: u64) -> Result<Option<String>> {
+fn check_gpt_header(whole: &mut Region, lba: u64) -> Result<Option<String>> {
     let mut h = [0u8; 92];
     let Some(off) = lba.checked_mul(SECTOR).filter(|o| o + 92 <= whole.len()) else {
         return Ok(None);
     };
-    whole
-        .read_at(&mut h, off)
-        .map_err(|e| crate::region::from_io(e, name))?;
+    whole.read_at_checked(&mut h, off)?;
     if &h[0..8] != b"EFI PART" {
         return Ok(None);
     }
@@ -236,8 +232,8 @@ fn read_gpt(disk: &SharedDisk, name: &str, whole: &mut Region) -> Result<Table> 
     let size = whole.len();
     let last = size / SECTOR - 1;
     let mut warnings = Vec::new();
-    let primary = check_gpt_header(whole, name, 1)?;
-    let backup = check_gpt_header(whole, name, last)?;
+    let primary = check_gpt_header(whole, 1)?;
+    let backup = check_gpt_header(whole, last)?;
     for (which, h) in [("primary", &primary), ("backup", &backup)] {
         match h {
             Some(p) if !p.is_empty() => {

@@ -3,7 +3,7 @@
 use super::layout::Layout;
 use super::table::dir_extents;
 use crate::fs::FsKind;
-use crate::region::{from_io, Region};
+use crate::region::Region;
 use crate::Result;
 
 /// Rewrites the `.` and `..` entries of directories `fatfs` made.
@@ -18,7 +18,6 @@ use crate::Result;
 pub(super) fn fix_new_dirs(region: &mut Region, kind: FsKind, l: &Layout) -> Result<()> {
     const DOT: &[u8; 11] = b".          ";
     const DOTDOT: &[u8; 11] = b"..         ";
-    let name = region.name().to_string();
     let mut seen = std::collections::HashSet::new();
     // (directory's first cluster or 0 for the root, depth)
     let mut todo = vec![(0u64, 0usize)];
@@ -28,9 +27,7 @@ pub(super) fn fix_new_dirs(region: &mut Region, kind: FsKind, l: &Layout) -> Res
         }
         for (off, len) in dir_extents(region, kind, l, dir)? {
             let mut data = vec![0u8; len as usize];
-            region
-                .read_at(&mut data, off)
-                .map_err(|e| from_io(e, &name))?;
+            region.read_at_checked(&mut data, off)?;
             for e in data.chunks_exact(32) {
                 if e[0] == 0 {
                     break;
@@ -56,9 +53,7 @@ pub(super) fn fix_new_dirs(region: &mut Region, kind: FsKind, l: &Layout) -> Res
                 if l.cluster_size < 128 {
                     continue;
                 }
-                region
-                    .read_at(&mut head, at)
-                    .map_err(|e| from_io(e, &name))?;
+                region.read_at_checked(&mut head, at)?;
                 let broken = head[11] & 0x3F == 0x0F
                     && &head[32..43] == DOT
                     && head[64 + 11] & 0x3F == 0x0F
@@ -73,7 +68,7 @@ pub(super) fn fix_new_dirs(region: &mut Region, kind: FsKind, l: &Layout) -> Res
                     let parent = if dir == 0 { 0 } else { dir };
                     fixed[32 + 26..32 + 28].copy_from_slice(&(parent as u16).to_le_bytes());
                     fixed[32 + 20..32 + 22].copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
-                    region.write_at(&fixed, at).map_err(|e| from_io(e, &name))?;
+                    region.write_at_checked(&fixed, at)?;
                 }
                 todo.push((child, depth + 1));
             }

@@ -49,9 +49,7 @@ impl FatVolume {
     pub fn open(mut region: Region) -> Result<Self> {
         let name = region.name().to_string();
         let mut boot = [0u8; 512];
-        region
-            .read_at(&mut boot, 0)
-            .map_err(|e| from_io(e, &name))?;
+        region.read_at_checked(&mut boot, 0)?;
         let kind = super::detect::fat_kind(&boot)
             .ok_or_else(|| Error::Corrupt(format!("{name}: not a FAT boot sector")))?;
         let layout = Layout::read(&boot, &name)?;

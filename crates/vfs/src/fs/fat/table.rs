@@ -3,7 +3,7 @@
 
 use super::layout::Layout;
 use crate::fs::FsKind;
-use crate::region::{from_io, Region};
+use crate::region::Region;
 use crate::{Error, Result};
 
 /// The first FAT as one entry per cluster (index = cluster number).
@@ -26,9 +26,7 @@ pub(super) fn read_table(
     }
     // Bounded by the volume's length, checked above.
     let mut raw = vec![0u8; bytes as usize];
-    region
-        .read_at(&mut raw, l.fat_start)
-        .map_err(|e| from_io(e, name))?;
+    region.read_at_checked(&mut raw, l.fat_start)?;
     let _ = l.bytes_per_sector;
     let mut out = Vec::with_capacity(entries as usize);
     for n in 0..entries as usize {
@@ -110,13 +108,10 @@ pub(super) fn check_chains(table: &[u32], name: &str) -> Result<()> {
 
 /// The FAT entry of `cluster`, read from the first table.
 fn fat_entry(region: &mut Region, kind: FsKind, l: &Layout, cluster: u64) -> Result<u32> {
-    let name = region.name().to_string();
     let mut b = [0u8; 4];
     let v = match kind {
         FsKind::Fat12 => {
-            region
-                .read_at(&mut b[..2], l.fat_start + cluster + cluster / 2)
-                .map_err(|e| from_io(e, &name))?;
+            region.read_at_checked(&mut b[..2], l.fat_start + cluster + cluster / 2)?;
             let pair = u16::from_le_bytes([b[0], b[1]]);
             let v = if cluster % 2 == 0 {
                 pair & 0x0FFF
@@ -130,9 +125,7 @@ fn fat_entry(region: &mut Region, kind: FsKind, l: &Layout, cluster: u64) -> Res
             }
         }
         FsKind::Fat16 => {
-            region
-                .read_at(&mut b[..2], l.fat_start + cluster * 2)
-                .map_err(|e| from_io(e, &name))?;
+            region.read_at_checked(&mut b[..2], l.fat_start + cluster * 2)?;
             let v = u16::from_le_bytes([b[0], b[1]]);
             if v >= 0xFFF7 {
                 BAD
@@ -141,9 +134,7 @@ fn fat_entry(region: &mut Region, kind: FsKind, l: &Layout, cluster: u64) -> Res
             }
         }
         _ => {
-            region
-                .read_at(&mut b, l.fat_start + cluster * 4)
-                .map_err(|e| from_io(e, &name))?;
+            region.read_at_checked(&mut b, l.fat_start + cluster * 4)?;
             u32::from_le_bytes(b) & 0x0FFF_FFFF
         }
     };

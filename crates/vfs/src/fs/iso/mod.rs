@@ -15,7 +15,7 @@
 mod record;
 
 use super::{Entry, EntryKind, FsKind, Volume};
-use crate::region::{from_io, Region};
+use crate::region::Region;
 use crate::{Error, Result};
 use record::{Continuation, Record, Susp, FLAG_ASSOCIATED, FLAG_DIR, FLAG_MULTI_EXTENT, SECTOR};
 use std::collections::HashMap;
@@ -93,7 +93,7 @@ impl IsoVolume {
                 break;
             }
             let mut vd = vec![0u8; SECTOR];
-            region.read_at(&mut vd, at).map_err(|e| from_io(e, &name))?;
+            region.read_at_checked(&mut vd, at)?;
             if &vd[1..6] != b"CD001" {
                 break;
             }
@@ -205,8 +205,7 @@ impl IsoVolume {
     }
 
     fn read(&mut self, buf: &mut [u8], off: u64) -> Result<()> {
-        let name = self.name.clone();
-        self.region.read_at(buf, off).map_err(|e| from_io(e, &name))
+        self.region.read_at_checked(buf, off)
     }
 
     /// The entries of the directory at `ext`.

@@ -170,9 +170,7 @@ impl NtfsVolume {
     pub fn open(mut region: Region) -> Result<Self> {
         let name = region.name().to_string();
         let mut boot = [0u8; 512];
-        region
-            .read_at(&mut boot, 0)
-            .map_err(|e| from_io(e, &name))?;
+        region.read_at_checked(&mut boot, 0)?;
         check_boot(&boot, region.len(), &name)?;
         let ntfs = guard(&name, || {
             Ntfs::new(&mut region).map_err(|e| ntfs_err(&format!("{name}: NTFS boot sector"), e))
