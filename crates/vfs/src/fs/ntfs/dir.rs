@@ -239,9 +239,11 @@ impl<'a, 'n> Dir<'a, 'n> {
         Ok(())
     }
 
-    /// The entry named `name` (compared as Windows does, ignoring case),
-    /// found by descending the B-tree; when that fails (an index sorted by
-    /// another upcase table), by a scan of every entry.
+    /// The entry named `name`: the one spelt exactly so if there is one,
+    /// else one equal ignoring case (as Windows compares). Found by
+    /// descending the B-tree; when that fails (an index sorted by another
+    /// upcase table) or finds the name in another case, by a scan of every
+    /// entry.
     pub(super) fn find(
         &mut self,
         name: &[u16],
@@ -279,10 +281,23 @@ impl<'a, 'n> Dir<'a, 'n> {
                 _ => break None,
             }
         };
+        if found
+            .as_ref()
+            .is_some_and(|e| e.name.as_deref() == Some(name))
+        {
+            return Ok(found);
+        }
+        // Found under another case, or not at all. POSIX names (ntfs-3g,
+        // WSL's case-sensitive folders) may differ only in case, and the one
+        // spelt exactly as asked wins; they need not share a node, so scan.
+        let all = self.all()?;
+        if let Some(e) = all.iter().find(|e| e.name.as_deref() == Some(name)) {
+            return Ok(Some(e.clone()));
+        }
         if found.is_some() {
             return Ok(found);
         }
-        Ok(self.all()?.into_iter().find(|e| {
+        Ok(all.into_iter().find(|e| {
             e.name
                 .as_deref()
                 .is_some_and(|n| collate(name, n, table) == Ordering::Equal)

@@ -13,8 +13,10 @@
 //! records below [`FIRST_USER_RECORD`] named with a `$`), which users do not
 //! expect among their files. They can still be opened by name (`/$Extend`).
 //!
-//! Symbolic links and junctions are shown as links with their target;
-//! compressed and encrypted files are refused rather than read as garbage.
+//! Symbolic links and junctions are shown as links with their target, and so
+//! are the links Linux makes on NTFS: ntfs-3g's Interix files ([`interix`])
+//! and WSL reparse points. Compressed (non-resident) and encrypted data is
+//! refused rather than read as garbage.
 //!
 //! The `ntfs` crate indexes its buffers with offsets from the image in a few
 //! places; the checks before each call (boot sector fields, index record
@@ -24,6 +26,7 @@
 
 mod dir;
 mod index;
+mod interix;
 mod reparse;
 
 use super::{Entry, EntryKind, FsKind, Volume};
@@ -319,18 +322,37 @@ impl NtfsVolume {
                 )?;
                 link = buf.as_deref().and_then(reparse::link_target);
             }
-            let size = if is_dir || link.is_some() {
-                0
-            } else {
-                match file.data(region, "") {
-                    None => 0,
-                    Some(item) => item
-                        .map_err(err)?
-                        .to_attribute()
-                        .map_err(err)?
-                        .value_length(),
+            let mut size = 0;
+            if !is_dir && link.is_none() {
+                let mut stored = false;
+                if let Some(item) = file.data(region, "") {
+                    let item = item.map_err(err)?;
+                    let a = item.to_attribute().map_err(err)?;
+                    size = a.value_length();
+                    stored = !a
+                        .flags()
+                        .intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED);
                 }
-            };
+                // ntfs-3g makes symbolic links as Interix system files by
+                // default (not reparse points).
+                if stored
+                    && attrs.contains(NtfsFileAttributeFlags::SYSTEM)
+                    && interix::may_be_link(size)
+                {
+                    let data = small_value(
+                        &file,
+                        region,
+                        NtfsAttributeType::Data,
+                        "",
+                        interix::MAX_LEN,
+                        &what,
+                    )?;
+                    link = data.as_deref().and_then(interix::link_target);
+                    if link.is_some() {
+                        size = 0;
+                    }
+                }
+            }
             let kind = match (&link, is_dir) {
                 (Some(_), _) => EntryKind::Symlink,
                 (None, true) => EntryKind::Dir,
@@ -408,8 +430,11 @@ impl Volume for NtfsVolume {
             };
             let item = item.map_err(err)?;
             let a = item.to_attribute().map_err(err)?;
-            if a.flags()
-                .intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED)
+            // Resident data is never compressed, whatever the flag says
+            // (ntfs-3g sets it on small files in a compressed folder).
+            let flags = a.flags();
+            if flags.contains(NtfsAttributeFlags::ENCRYPTED)
+                || (flags.contains(NtfsAttributeFlags::COMPRESSED) && !a.is_resident())
             {
                 return Err(Error::Unsupported(format!(
                     "{what}: the file is compressed or encrypted, which vmhub cannot read"
