@@ -232,7 +232,7 @@ pub struct OutputFormat {
 
 impl OutputFormat {
     /// The options for writing the image `file`.
-    fn options(&self, file: &Path) -> CreateOptions {
+    pub(crate) fn options(&self, file: &Path) -> CreateOptions {
         let by_name = || {
             let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ["raw", "img", "bin"]

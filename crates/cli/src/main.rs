@@ -8,6 +8,7 @@ mod bench;
 mod fs;
 mod img;
 mod inspect;
+mod library;
 mod nbd;
 mod run;
 mod size;
@@ -43,6 +44,21 @@ enum Command {
     /// Boot a disk image in QEMU; the image is never modified (the instance
     /// writes to a differencing disk over it).
     Run(run::RunArgs),
+    /// Store a disk image in the machine library as NAME[:TAG], in chunks
+    /// shared with every other machine there.
+    Import(library::ImportArgs),
+    /// Write a library machine's disk as an image file (vhd or raw).
+    Export(library::ExportArgs),
+    /// List the machines in the library.
+    Ls(library::LsArgs),
+    /// Show a library machine: OS, firmware, memory, disks, digests.
+    Show(library::ShowArgs),
+    /// Remove machine names from the library (`prune` frees their space).
+    Rm(library::RmArgs),
+    /// Give a library machine another name or tag.
+    Tag(library::TagArgs),
+    /// Free the space of chunks no machine in the library uses.
+    Prune(library::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +69,12 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Nbd(c) => nbd::run(c),
         Command::Run(a) => run::run(a),
+        Command::Import(a) => library::import(a),
+        Command::Export(a) => library::export(a),
+        Command::Ls(a) => library::ls(a),
+        Command::Show(a) => library::show(a),
+        Command::Rm(a) => library::rm(a),
+        Command::Tag(a) => library::tag(a),
+        Command::Prune(a) => library::prune(a),
     }
 }

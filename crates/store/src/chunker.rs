@@ -1,0 +1,295 @@
+//! Cutting a disk into chunks and storing them: the import pipeline.
+//!
+//! Only the ranges the disk maps as data are read (holes are never chunked),
+//! eight MiB at a time. FastCDC finds the cut points in each piece; the last
+//! chunk of a piece is held back and cut again with the next piece's bytes,
+//! so cut points do not depend on how the disk was read. Worker threads (one
+//! per core) hash each chunk, skip chunks of zeros and chunks the library
+//! already holds, and compress the rest; this thread puts the results back in
+//! disk order and writes the new blobs.
+
+use crate::blobs::Blobs;
+use crate::digest::Digest;
+use crate::index::{ChunkAlgorithm, ChunkRef, Chunking, DiskIndex};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{mpsc, Arc, Mutex};
+use vdisk::{Disk, ExtentKind};
+
+/// The chunk sizes vmhub uses (see DEVELOPERS.md for the measurement behind them).
+pub const DEFAULT_CHUNKING: Chunking = Chunking {
+    algorithm: ChunkAlgorithm::FastCdc2020,
+    min: 16 << 10,
+    avg: 64 << 10,
+    max: 256 << 10,
+};
+
+/// The zstd level chunks are compressed with.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Bytes of the disk read at a time.
+const PIECE: u64 = 8 << 20;
+
+/// What storing a disk did.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// How to rebuild the disk.
+    pub index: DiskIndex,
+    /// Chunks that were not in the library before.
+    pub new_chunks: u64,
+    /// Compressed bytes written for them.
+    pub new_bytes: u64,
+    /// Bytes of data read from the disk (holes excluded).
+    pub data_bytes: u64,
+}
+
+/// A chunk on its way to a worker: its bytes are `range` of a shared piece.
+struct Job {
+    seq: u64,
+    offset: u64,
+    piece: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+/// What a worker made of a chunk.
+enum Outcome {
+    Zero,
+    Known(ChunkRef),
+    New(ChunkRef, Vec<u8>),
+}
+
+struct Done {
+    seq: u64,
+    offset: u64,
+    length: u64,
+    outcome: Outcome,
+}
+
+/// The ranges of `disk` that hold data, adjacent extents joined.
+pub fn data_runs(disk: &dyn Disk) -> Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for e in disk.map(0, disk.virtual_size())? {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if last.1 == e.offset => last.1 = e.end(),
+            _ => runs.push((e.offset, e.end())),
+        }
+    }
+    Ok(runs)
+}
+
+/// Cuts `disk` into chunks, stores those that `known` (content digest to
+/// chunk, for chunks already stored) lacks, and returns the disk's index.
+pub fn store_disk(
+    disk: &dyn Disk,
+    blobs: &Blobs,
+    known: &HashMap<Digest, ChunkRef>,
+    chunking: Chunking,
+    level: i32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stored> {
+    let runs = data_runs(disk)?;
+    let total: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 16);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::sync_channel::<Result<Done>>(workers * 16);
+    std::thread::scope(|scope| {
+        let runs = &runs;
+        let cut_tx = done_tx.clone();
+        scope.spawn(move || {
+            if let Err(e) = cut(disk, runs, chunking, &job_tx) {
+                let _ = cut_tx.send(Err(e));
+            }
+        });
+        for _ in 0..workers {
+            let rx = Arc::clone(&job_rx);
+            let tx = done_tx.clone();
+            scope.spawn(move || work(&rx, &tx, known, level));
+        }
+        drop(done_tx);
+        collect(
+            done_rx,
+            blobs,
+            disk.virtual_size(),
+            chunking,
+            total,
+            progress,
+        )
+    })
+}
+
+/// Reads the data runs piece by piece and sends every chunk to the workers.
+fn cut(
+    disk: &dyn Disk,
+    runs: &[(u64, u64)],
+    c: Chunking,
+    jobs: &mpsc::SyncSender<Job>,
+) -> Result<()> {
+    let mut seq = 0u64;
+    for &(start, end) in runs {
+        // `carry` holds the bytes from `base` on that the last piece held back.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut base = start;
+        let mut pos = start;
+        while pos < end {
+            let n = PIECE.min(end - pos);
+            disk.prefetch(pos + n, PIECE.min(end - (pos + n)));
+            let mut buf = Vec::with_capacity(carry.len() + n as usize);
+            buf.extend_from_slice(&carry);
+            buf.resize(carry.len() + n as usize, 0);
+            let fresh = buf.get_mut(carry.len()..).unwrap_or_default();
+            disk.read_at(fresh, pos)?;
+            pos += n;
+            let last = pos == end;
+            let mut cuts: Vec<Range<usize>> =
+                fastcdc::v2020::FastCDC::new(&buf, c.min, c.avg, c.max)
+                    .map(|ch| ch.offset..ch.offset + ch.length)
+                    .collect();
+            let held = if last { None } else { cuts.pop() };
+            let piece = Arc::new(buf);
+            for range in cuts {
+                let job = Job {
+                    seq,
+                    offset: base + range.start as u64,
+                    piece: Arc::clone(&piece),
+                    range,
+                };
+                seq += 1;
+                if jobs.send(job).is_err() {
+                    // The collector stopped (it met an error); nothing to add.
+                    return Ok(());
+                }
+            }
+            carry = match held {
+                Some(r) => {
+                    base += r.start as u64;
+                    piece.get(r).unwrap_or_default().to_vec()
+                }
+                None => Vec::new(),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// A worker: hashes, recognizes and compresses chunks until the jobs end.
+fn work(
+    jobs: &Mutex<mpsc::Receiver<Job>>,
+    done: &mpsc::SyncSender<Result<Done>>,
+    known: &HashMap<Digest, ChunkRef>,
+    level: i32,
+) {
+    let mut compressor = match zstd::bulk::Compressor::new(level) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = done.send(Err(Error::InvalidArgument(format!(
+                "zstd level {level}: {e}"
+            ))));
+            return;
+        }
+    };
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let data = job.piece.get(job.range.clone()).unwrap_or_default();
+        let length = data.len() as u64;
+        let outcome = if vdisk::io::is_zero(data) {
+            Ok(Outcome::Zero)
+        } else {
+            let content = Digest::of(data);
+            match known.get(&content) {
+                Some(c) => Ok(Outcome::Known(*c)),
+                None => compressor
+                    .compress(data)
+                    .map_err(|e| Error::InvalidArgument(format!("zstd: {e}")))
+                    .map(|blob| {
+                        let r = ChunkRef {
+                            blob: Digest::of(&blob),
+                            size: blob.len() as u64,
+                            length: data.len() as u32,
+                            content,
+                        };
+                        Outcome::New(r, blob)
+                    }),
+            }
+        };
+        let msg = outcome.map(|outcome| Done {
+            seq: job.seq,
+            offset: job.offset,
+            length,
+            outcome,
+        });
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Puts the workers' results back in order, writes new blobs and builds the index.
+fn collect(
+    done: mpsc::Receiver<Result<Done>>,
+    blobs: &Blobs,
+    size: u64,
+    chunking: Chunking,
+    total: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stored> {
+    let mut index = DiskIndex {
+        size,
+        chunking,
+        chunks: Vec::new(),
+        map: Vec::new(),
+    };
+    let mut numbers: HashMap<Digest, u32> = HashMap::new();
+    let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
+    let mut next = 0u64;
+    let (mut new_chunks, mut new_bytes, mut read) = (0u64, 0u64, 0u64);
+    for msg in done {
+        let d = msg?;
+        waiting.insert(d.seq, d);
+        while let Some(d) = waiting.remove(&next) {
+            next += 1;
+            read += d.length;
+            let (r, blob) = match d.outcome {
+                Outcome::Zero => {
+                    progress(read, total);
+                    continue;
+                }
+                Outcome::Known(r) => (r, None),
+                Outcome::New(r, blob) => (r, Some(blob)),
+            };
+            let n = match numbers.get(&r.content) {
+                Some(&n) => n,
+                None => {
+                    if let Some(blob) = blob {
+                        if blobs.put(&blob)?.1 {
+                            new_chunks += 1;
+                            new_bytes += r.size;
+                        }
+                    }
+                    let n = u32::try_from(index.chunks.len()).map_err(|_| {
+                        Error::InvalidArgument("a disk of more than 4 billion chunks".into())
+                    })?;
+                    index.chunks.push(r);
+                    numbers.insert(r.content, n);
+                    n
+                }
+            };
+            index.map.push((d.offset, n));
+            progress(read, total);
+        }
+    }
+    Ok(Stored {
+        index,
+        new_chunks,
+        new_bytes,
+        data_bytes: read,
+    })
+}
