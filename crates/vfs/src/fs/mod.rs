@@ -6,6 +6,7 @@
 
 pub mod detect;
 pub mod ext;
+mod ext_map;
 pub mod fat;
 pub mod iso;
 pub mod ntfs;
