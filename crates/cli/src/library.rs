@@ -22,7 +22,7 @@ pub struct HomeArg {
 }
 
 impl HomeArg {
-    fn open(&self) -> Result<Library> {
+    pub fn open(&self) -> Result<Library> {
         let home = match &self.home {
             Some(h) => h.clone(),
             None => default_home()?,

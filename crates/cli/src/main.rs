@@ -12,6 +12,7 @@ mod library;
 mod nbd;
 mod run;
 mod size;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -59,6 +60,16 @@ enum Command {
     Tag(library::TagArgs),
     /// Free the space of chunks no machine in the library uses.
     Prune(library::PruneArgs),
+    /// Send a library machine to an OCI registry, uploading only the chunks
+    /// the registry lacks.
+    Push(transfer::PushArgs),
+    /// Fetch a machine from an OCI registry into the library, downloading
+    /// only the chunks the library lacks.
+    Pull(transfer::PullArgs),
+    /// Store credentials for a registry.
+    Login(transfer::LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout(transfer::LogoutArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,5 +87,9 @@ fn main() -> ExitCode {
         Command::Rm(a) => library::rm(a),
         Command::Tag(a) => library::tag(a),
         Command::Prune(a) => library::prune(a),
+        Command::Push(a) => transfer::push(a),
+        Command::Pull(a) => transfer::pull(a),
+        Command::Login(a) => transfer::login(a),
+        Command::Logout(a) => transfer::logout(a),
     }
 }

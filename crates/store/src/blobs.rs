@@ -181,6 +181,18 @@ impl Blobs {
         rustix::fs::syncfs(&dir).map_err(|e| Error::io(&self.dir, "sync", e.into()))
     }
 
+    /// Where a download of blob `d` keeps what it has so far, so that an
+    /// interrupted download can resume.
+    pub fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.tmp.join(format!("{}.part", d.hex()))
+    }
+
+    /// Moves the file `path`, whose content the caller has checked has digest
+    /// `d`, into the store.
+    pub fn adopt(&self, path: &Path, d: &Digest) -> Result<()> {
+        self.publish(path, d)
+    }
+
     fn temp(&self) -> Result<(PathBuf, File)> {
         let mut rnd = [0u8; 8];
         getrandom::fill(&mut rnd)

@@ -35,6 +35,14 @@ pub enum Error {
     /// A value the caller passed cannot be used.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A registry answered something other than what was asked for.
+    #[error("{url}: {problem}")]
+    Registry {
+        /// The request's URL.
+        url: String,
+        /// What happened.
+        problem: String,
+    },
     /// Reading or writing a disk image failed.
     #[error(transparent)]
     Disk(#[from] vdisk::Error),

@@ -19,6 +19,7 @@ pub mod library;
 mod lock;
 pub mod machine;
 pub mod manifest;
+pub mod oci;
 pub mod reference;
 
 pub use chunkdisk::ChunkDisk;

@@ -449,7 +449,7 @@ impl Library {
     }
 
     /// Points `reference` at the manifest `json` (already stored).
-    fn set_ref(&self, reference: &MachineRef, json: &[u8]) -> Result<()> {
+    pub(crate) fn set_ref(&self, reference: &MachineRef, json: &[u8]) -> Result<()> {
         let mut d = Descriptor::of(MANIFEST_MEDIA_TYPE, json);
         d.artifact_type = Some(MACHINE_ARTIFACT_TYPE.into());
         d.annotations.insert(REF_NAME.into(), reference.to_string());
@@ -481,7 +481,7 @@ impl Library {
         Ok(out)
     }
 
-    fn gc_lock(&self, exclusive: bool) -> Result<Lock> {
+    pub(crate) fn gc_lock(&self, exclusive: bool) -> Result<Lock> {
         lock(&self.home.join(GC_LOCK), exclusive)
     }
 }
