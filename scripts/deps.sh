@@ -29,6 +29,10 @@ have sfdisk || need+=(fdisk)
 { have mkntfs && have ntfscp; } || need+=(ntfs-3g)
 have xorriso || need+=(xorriso)
 have sgdisk || need+=(gdisk)
+# Registries and OCI clients `vmhub push` and `pull` are checked against.
+have docker-registry || need+=(docker-registry)
+have skopeo || need+=(skopeo)
+have htpasswd || need+=(apache2-utils)
 # UEFI firmware for `vmhub run --firmware uefi`.
 [ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 
@@ -57,6 +61,14 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
         exit 1
     fi
     bash "$here/qemu-system.sh"
+fi
+
+# PyPI's oras (the OCI client library) in a private virtual environment, so
+# the system's Python stays untouched; the tests find it there.
+venv=${VMHUB_VENV:-$HOME/.cache/vmhub-ci/venv}
+if ! "$venv/bin/python" -c 'import oras.provider' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'oras==0.2.43'
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
