@@ -70,6 +70,9 @@ enum Command {
     Login(transfer::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(transfer::LogoutArgs),
+    /// Signing keys: this computer's, and the ones pulls trust.
+    #[command(subcommand)]
+    Key(transfer::KeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -91,5 +94,6 @@ fn main() -> ExitCode {
         Command::Pull(a) => transfer::pull(a),
         Command::Login(a) => transfer::login(a),
         Command::Logout(a) => transfer::logout(a),
+        Command::Key(c) => transfer::key(c),
     }
 }

@@ -1,4 +1,5 @@
-//! `push`, `pull`, `login` and `logout`: machines through OCI registries.
+//! `push`, `pull`, `login`, `logout` and `key`: machines through OCI
+//! registries, signed and verified.
 
 use crate::img::Output;
 use crate::library::HomeArg;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use store::oci::auth::{CredentialStore, Credentials};
 use store::oci::{Client, ClientOptions, PullOptions, PushOptions, RemoteRef};
+use store::trust::{KeyPair, PublicKey, TrustStore};
 use store::MachineRef;
 
 /// How to reach the registry.
@@ -39,6 +41,9 @@ pub struct PushArgs {
     /// they are mounted from it instead of uploaded.
     #[arg(long, value_name = "REPOSITORY")]
     mount_from: Option<String>,
+    /// Push without a signature (pullers must then skip verification).
+    #[arg(long)]
+    unsigned: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -52,6 +57,10 @@ pub struct PullArgs {
     /// The name to give it in the library [default: REPOSITORY:TAG].
     #[arg(long = "as", value_name = "NAME[:TAG]")]
     local: Option<String>,
+    /// Take the machine even when it is unsigned, signed by a key not
+    /// trusted here, or older than the one already under its name.
+    #[arg(long)]
+    insecure_skip_verify: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -79,24 +88,37 @@ pub struct LogoutArgs {
     registry: String,
 }
 
-/// The credentials file: $VMHUB_AUTH, else $XDG_CONFIG_HOME/vmhub/auth.json,
-/// else ~/.config/vmhub/auth.json.
-fn auth_path() -> Result<PathBuf> {
+/// vmhub's settings folder: $VMHUB_CONFIG, else $XDG_CONFIG_HOME/vmhub, else
+/// ~/.config/vmhub. It holds auth.json (registry credentials), key.json (the
+/// signing key) and trusted.json (the keys pulls accept).
+fn config_dir() -> Result<PathBuf> {
     let var = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(p) = var("VMHUB_AUTH") {
+    if let Some(p) = var("VMHUB_CONFIG") {
         return Ok(p);
     }
     if let Some(d) = var("XDG_CONFIG_HOME") {
-        return Ok(d.join("vmhub/auth.json"));
+        return Ok(d.join("vmhub"));
     }
     match var("HOME") {
-        Some(h) => Ok(h.join(".config/vmhub/auth.json")),
-        None => bail!("no place for credentials: set VMHUB_AUTH or HOME"),
+        Some(h) => Ok(h.join(".config/vmhub")),
+        None => bail!("no settings folder: set VMHUB_CONFIG or HOME"),
     }
+}
+
+fn auth_path() -> Result<PathBuf> {
+    Ok(config_dir()?.join("auth.json"))
+}
+
+fn key_path() -> Result<PathBuf> {
+    Ok(config_dir()?.join("key.json"))
+}
+
+fn trust_store() -> Result<TrustStore> {
+    Ok(TrustStore::load(&config_dir()?.join("trusted.json"))?)
 }
 
 fn client(remote: &RemoteRef, plain_http: bool) -> Result<Client> {
@@ -132,10 +154,28 @@ pub fn push(a: PushArgs) -> ExitCode {
             mount_from: a.mount_from.clone(),
             ..PushOptions::default()
         };
+        let key = if a.unsigned {
+            None
+        } else {
+            let path = key_path()?;
+            if !path.exists() {
+                bail!(
+                    "no signing key at {}: run `vmhub key generate` first, or push with --unsigned",
+                    path.display()
+                );
+            }
+            Some(KeyPair::load(&path)?)
+        };
         let mut progress = Progress::new(a.registry.progress, "push");
-        let done = store::oci::push(&lib, &local, &remote, &client, &opts, &mut |d, t| {
-            progress.set(d, t)
-        })
+        let done = store::oci::push(
+            &lib,
+            &local,
+            &remote,
+            &client,
+            key.as_ref(),
+            &opts,
+            &mut |d, t| progress.set(d, t),
+        )
         .with_context(|| format!("cannot push {local} to {remote}"))?;
         progress.finish();
         if a.registry.output == Output::Json {
@@ -179,8 +219,15 @@ pub fn pull(a: PullArgs) -> ExitCode {
         };
         let lib = a.home.open()?;
         let client = client(&remote, a.registry.plain_http)?;
+        let trust = if a.insecure_skip_verify {
+            eprintln!("vmhub: warning: not verifying the machine's signature");
+            None
+        } else {
+            Some(trust_store()?)
+        };
         let opts = PullOptions {
             threads: a.registry.threads,
+            trust,
         };
         let mut progress = Progress::new(a.registry.progress, "pull");
         let done = store::oci::pull(&lib, &remote, &local, &client, &opts, &mut |d, t| {
@@ -196,9 +243,13 @@ pub fn pull(a: PullArgs) -> ExitCode {
                 "fetched": done.fetched,
                 "fetched-bytes": done.fetched_bytes,
                 "present": done.present,
+                "signed-by": done.signer.as_ref().map(|k| k.key.to_string()),
             });
             out!("{}", serde_json::to_string_pretty(&v)?);
         } else {
+            if let Some(k) = &done.signer {
+                out!("signed by {} (key {})", k.name, k.key.id());
+            }
             out!(
                 "pulled {remote} as {local}: {} blobs, {} fetched ({}), {} already here",
                 done.blobs,
@@ -259,6 +310,80 @@ pub fn logout(a: LogoutArgs) -> ExitCode {
             out!("logged out of {}", a.registry);
         } else {
             out!("not logged in to {}", a.registry);
+        }
+        Ok(())
+    })())
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// Make this computer's signing key (and trust it for pulls).
+    Generate {
+        /// Replace an existing key (machines it signed will no longer verify
+        /// where only it is trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this computer's public key, to give to those who pull.
+    Show,
+    /// Accept machines signed by a key.
+    Trust {
+        /// The public key, ed25519:BASE64.
+        key: String,
+        /// A name for it.
+        #[arg(long, default_value = "trusted")]
+        name: String,
+    },
+    /// Stop accepting machines signed by a key.
+    Untrust {
+        /// The public key, ed25519:BASE64.
+        key: String,
+    },
+    /// List the trusted keys.
+    Ls,
+}
+
+/// `vmhub key`.
+pub fn key(c: KeyCommand) -> ExitCode {
+    finish((|| {
+        match c {
+            KeyCommand::Generate { force } => {
+                let path = key_path()?;
+                if path.exists() && !force {
+                    bail!(
+                        "{} exists: this computer has a key already (`vmhub key show`; --force replaces it)",
+                        path.display()
+                    );
+                }
+                let k = KeyPair::generate()?;
+                k.save(&path, force)?;
+                trust_store()?.add("this computer", k.public())?;
+                out!("{}", k.public());
+            }
+            KeyCommand::Show => {
+                let path = key_path()?;
+                let k = KeyPair::load(&path)
+                    .with_context(|| "no signing key here: run `vmhub key generate`".to_string())?;
+                out!("{}", k.public());
+            }
+            KeyCommand::Trust { key, name } => {
+                let k: PublicKey = key.parse()?;
+                trust_store()?.add(&name, k)?;
+                out!("trusting key {} ({name})", k.id());
+            }
+            KeyCommand::Untrust { key } => {
+                let k: PublicKey = key.parse()?;
+                if trust_store()?.remove(&k)? {
+                    out!("no longer trusting key {}", k.id());
+                } else {
+                    bail!("key {} was not trusted", k.id());
+                }
+            }
+            KeyCommand::Ls => {
+                for k in trust_store()?.keys {
+                    out!("{}  {}  {}", k.key.id(), k.key, k.name);
+                }
+            }
         }
         Ok(())
     })())

@@ -13,6 +13,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The settings folder every vmhub run of these tests uses: its own signing
+/// key, trusted by itself, made once.
+fn settings() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
+            .args(["key", "generate"])
+            .env("VMHUB_CONFIG", d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        VMHUB_ENV
+            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
+            .unwrap();
+        d
+    });
+    dir.path()
+}
+
 /// A docker-registry serving from a folder on a free 127.0.0.1 port.
 struct Registry {
     child: Child,
@@ -24,6 +44,7 @@ struct Registry {
 impl Registry {
     /// Starts a registry; with `htpasswd`, it wants Basic authentication.
     fn start(dir: &Path, name: &str, htpasswd: Option<&Path>) -> Registry {
+        settings();
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -419,6 +440,7 @@ fn an_interrupted_pull_resumes() {
     // Kill the client once it has stored some blobs, but not all.
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmhub"))
         .args(["pull", &remote, "--home", p(&lib2), "--threads", "1"])
+        .env("VMHUB_CONFIG", settings())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -504,12 +526,16 @@ fn logins_and_refusals() {
     make_disk(&disk, 8 * MIB, 2 * MIB, 6);
     let lib = dir.path().join("lib");
     vmhub_ok(["import", p(&disk), "m", "--home", p(&lib)]);
-    let auth = dir.path().join("auth.json");
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::copy(settings().join("key.json"), config.join("key.json")).unwrap();
+    std::fs::copy(settings().join("trusted.json"), config.join("trusted.json")).unwrap();
+    let auth = config.join("auth.json");
     let remote = format!("{}/acme/m:1", reg.addr);
     let run = |args: &[&str], stdin: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmhub"))
             .args(args)
-            .env("VMHUB_AUTH", &auth)
+            .env("VMHUB_CONFIG", &config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -550,4 +576,179 @@ fn logins_and_refusals() {
         None,
     );
     assert!(!out.status.success());
+}
+
+/// Runs vmhub with the settings folder `config`.
+fn vmhub_with(config: &Path, args: &[&str]) -> std::process::Output {
+    vmhub_command()
+        .args(args)
+        .env("VMHUB_CONFIG", config)
+        .output()
+        .unwrap()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn signatures_keep_out_strangers_tampering_and_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(dir.path(), "reg", None);
+    let lib1 = dir.path().join("lib1");
+    let disk = dir.path().join("m.raw");
+    let image = make_disk(&disk, 16 * MIB, 3 * MIB, 7);
+    vmhub_ok(["import", p(&disk), "m:1", "--home", p(&lib1)]);
+    let remote = format!("{}/acme/m:1", reg.addr);
+    vmhub_ok(["push", "m:1", &remote, "--home", p(&lib1)]);
+
+    // Someone who does not trust the key is told how to.
+    let stranger = dir.path().join("stranger");
+    let lib2 = dir.path().join("lib2");
+    let out = vmhub_with(&stranger, &["pull", &remote, "--home", p(&lib2)]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("not trusted") && err.contains("vmhub key trust ed25519:"),
+        "{err}"
+    );
+    let public = String::from_utf8(vmhub_ok(["key", "show"]).stdout).unwrap();
+    let out = vmhub_with(
+        &stranger,
+        &["key", "trust", public.trim(), "--name", "acme"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = vmhub_with(&stranger, &["pull", &remote, "--home", p(&lib2)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed by acme"));
+    assert_exports(&lib2, "acme/m:1", &image);
+
+    // Unsigned machines need an explicit skip.
+    let other = dir.path().join("n.raw");
+    make_disk(&other, 16 * MIB, 3 * MIB, 8);
+    vmhub_ok(["import", p(&other), "n:1", "--home", p(&lib1)]);
+    let unsigned = format!("{}/acme/m:unsigned", reg.addr);
+    vmhub_ok(["push", "n:1", &unsigned, "--home", p(&lib1), "--unsigned"]);
+    let lib3 = dir.path().join("lib3");
+    let out = vmhub(["pull", &unsigned, "--home", p(&lib3)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("not signed"),
+        "{}",
+        stderr_of(&out)
+    );
+    vmhub_ok([
+        "pull",
+        &unsigned,
+        "--home",
+        p(&lib3),
+        "--insecure-skip-verify",
+    ]);
+
+    // A signed manifest whose config was swapped for another machine's.
+    let raw = peer_ok(
+        "skopeo",
+        ["inspect", "--raw", &format!("oci:{}:m:1", p(&lib1))],
+    );
+    let mut manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let raw_n = peer_ok(
+        "skopeo",
+        ["inspect", "--raw", &format!("oci:{}:n:1", p(&lib1))],
+    );
+    let manifest_n: serde_json::Value = serde_json::from_slice(&raw_n.stdout).unwrap();
+    manifest["config"] = manifest_n["config"].clone();
+    manifest["layers"] = manifest_n["layers"].clone();
+    let evil = dir.path().join("evil.json");
+    std::fs::write(&evil, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    peer_ok(
+        "curl",
+        [
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", p(&evil)),
+            &format!("http://{}/v2/acme/m/manifests/evil", reg.addr),
+        ],
+    );
+    let lib4 = dir.path().join("lib4");
+    let out = vmhub([
+        "pull",
+        &format!("{}/acme/m:evil", reg.addr),
+        "--home",
+        p(&lib4),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("does not verify"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // A chunk changed in the registry's storage.
+    let chunk = manifest_n["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_string();
+    let stored = reg
+        .data
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&chunk[..2])
+        .join(&chunk)
+        .join("data");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let lib5 = dir.path().join("lib5");
+    let out = vmhub([
+        "pull",
+        &unsigned,
+        "--home",
+        p(&lib5),
+        "--insecure-skip-verify",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains(&chunk), "{}", stderr_of(&out));
+    let ls = vmhub_ok(["ls", "--home", p(&lib5), "--output", "json"]);
+    assert_eq!(json_of(&ls), serde_json::json!([]));
+
+    // Rollback: an older signed version under a name that held a newer one.
+    // (Disks of their own: a chunk of n's is damaged in the registry now.)
+    let old = dir.path().join("old.raw");
+    make_disk(&old, 8 * MIB, 2 * MIB, 9);
+    let newer = dir.path().join("new.raw");
+    make_disk(&newer, 8 * MIB, 2 * MIB, 10);
+    vmhub_ok(["import", p(&old), "r:old", "--home", p(&lib1)]);
+    std::thread::sleep(Duration::from_millis(1100));
+    vmhub_ok(["import", p(&newer), "r:new", "--home", p(&lib1)]);
+    let stable = format!("{}/acme/r:stable", reg.addr);
+    let lib6 = dir.path().join("lib6");
+    vmhub_ok(["push", "r:new", &stable, "--home", p(&lib1)]);
+    vmhub_ok(["pull", &stable, "--home", p(&lib6)]);
+    vmhub_ok(["push", "r:old", &stable, "--home", p(&lib1)]);
+    let out = vmhub(["pull", &stable, "--home", p(&lib6)]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("rollback"), "{}", stderr_of(&out));
+    // The newer one is still what the name holds.
+    let show = json_of(&vmhub_ok([
+        "show",
+        "acme/r:stable",
+        "--home",
+        p(&lib6),
+        "--output",
+        "json",
+    ]));
+    let new = json_of(&vmhub_ok([
+        "show",
+        "r:new",
+        "--home",
+        p(&lib1),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(show["machine"]["created"], new["machine"]["created"]);
 }

@@ -35,6 +35,10 @@ pub enum Error {
     /// A value the caller passed cannot be used.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A machine's signature is missing, unknown, or the machine is older
+    /// than one already trusted under its name.
+    #[error("{0}")]
+    Untrusted(String),
     /// A registry answered something other than what was asked for.
     #[error("{url}: {problem}")]
     Registry {

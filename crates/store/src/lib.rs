@@ -21,6 +21,7 @@ pub mod machine;
 pub mod manifest;
 pub mod oci;
 pub mod reference;
+pub mod trust;
 
 pub use chunkdisk::ChunkDisk;
 pub use digest::Digest;

@@ -32,6 +32,9 @@ const INDEX_FILE: &str = "index.json";
 const GC_LOCK: &str = ".gc.lock";
 /// Exclusive for every change of `index.json`.
 const INDEX_LOCK: &str = ".index.lock";
+/// The annotation of a name in `index.json` that records the creation time
+/// of the newest verified machine pulled into it.
+const TRUSTED_CREATED: &str = "dev.vmhub.trusted-created";
 /// The largest `index.json` read.
 const MAX_INDEX_JSON: u64 = 64 << 20;
 
@@ -289,7 +292,7 @@ impl Library {
         let (digest, _) = self.blobs.put(&json)?;
         // Everything the new reference names must be durable before it appears.
         self.blobs.sync()?;
-        self.set_ref(reference, &json)?;
+        self.set_ref(reference, &json, None)?;
         Ok(Imported {
             manifest: digest,
             machine,
@@ -376,7 +379,7 @@ impl Library {
     pub fn tag(&self, src: &MachineRef, dst: &MachineRef) -> Result<Digest> {
         let (digest, _, _) = self.resolve(src)?;
         let json = self.blobs.read(&digest, MAX_MANIFEST_BYTES)?;
-        self.set_ref(dst, &json)?;
+        self.set_ref(dst, &json, None)?;
         Ok(digest)
     }
 
@@ -448,18 +451,44 @@ impl Library {
         Ok(known)
     }
 
-    /// Points `reference` at the manifest `json` (already stored).
-    pub(crate) fn set_ref(&self, reference: &MachineRef, json: &[u8]) -> Result<()> {
+    /// Points `reference` at the manifest `json` (already stored). With
+    /// `trusted_created`, records the creation time of the verified machine
+    /// it names (rollback protection); without, keeps what was recorded.
+    pub(crate) fn set_ref(
+        &self,
+        reference: &MachineRef,
+        json: &[u8],
+        trusted_created: Option<&str>,
+    ) -> Result<()> {
         let mut d = Descriptor::of(MANIFEST_MEDIA_TYPE, json);
         d.artifact_type = Some(MACHINE_ARTIFACT_TYPE.into());
         d.annotations.insert(REF_NAME.into(), reference.to_string());
         self.update_index(|index| {
+            let old = index
+                .manifests
+                .iter()
+                .find(|m| ref_of(m).as_ref() == Some(reference))
+                .and_then(|m| m.annotations.get(TRUSTED_CREATED).cloned());
+            if let Some(t) = trusted_created.map(str::to_string).or(old) {
+                d.annotations.insert(TRUSTED_CREATED.into(), t);
+            }
             index
                 .manifests
                 .retain(|m| ref_of(m).as_ref() != Some(reference));
             index.manifests.push(d);
             Ok(())
         })
+    }
+
+    /// The creation time of the newest verified machine pulled into
+    /// `reference`, if any.
+    pub fn trusted_created(&self, reference: &MachineRef) -> Result<Option<String>> {
+        Ok(self
+            .read_index()?
+            .manifests
+            .iter()
+            .find(|m| ref_of(m).as_ref() == Some(reference))
+            .and_then(|m| m.annotations.get(TRUSTED_CREATED).cloned()))
     }
 
     fn read_index(&self) -> Result<ImageIndex> {
@@ -533,4 +562,160 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The library's cache: disks materialized from their chunks as dynamic VHDs,
+/// for `vmhub run` to put differencing disks over. It lives inside the library
+/// so that the folder stays portable; it can be deleted at any time and is
+/// rebuilt when needed.
+impl Library {
+    /// The cache's folder in the library.
+    const CACHE_DIR: &'static str = "cache";
+    /// Exclusive while a disk is being materialized into the cache, so that
+    /// two runs of one machine write it once.
+    const CACHE_LOCK: &'static str = ".lock";
+
+    /// Disk `n` of `machine` as a dynamic VHD, `cache/HEX.vhd` in the library
+    /// (HEX: the hex of the disk's index digest), written the first time it is
+    /// asked for and reused from then on. It is only ever read: differencing
+    /// disks go over it. `progress` sees the writing, if any.
+    ///
+    /// The VHD's unique id is derived from the index digest, so a cache file
+    /// deleted and rebuilt is still the parent that differencing disks made
+    /// over the earlier file expect.
+    pub fn base_image(
+        &self,
+        reference: &MachineRef,
+        machine: &Machine,
+        n: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PathBuf> {
+        let d = machine.disks.get(n).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{reference}: no disk {n} (it has {})",
+                machine.disks.len()
+            ))
+        })?;
+        let dir = self.home.join(Self::CACHE_DIR);
+        let hex = d.index.hex();
+        let path = dir.join(format!("{hex}.vhd"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create folder", e))?;
+        // `prune` must not remove the chunks being read (nor this disk's
+        // half-written file); and a concurrent run of the same machine waits
+        // here, then finds the file written.
+        let _gc = self.gc_lock(false)?;
+        let _cache = lock(&dir.join(Self::CACHE_LOCK), true)?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        let disk = self.disk(reference, machine, n)?;
+        let tmp = dir.join(format!(".{hex}.vhd.{}.tmp", std::process::id()));
+        let result = (|| {
+            vdisk::ops::convert::convert(
+                &disk,
+                &tmp,
+                &vdisk::CreateOptions::default(),
+                true,
+                progress,
+            )?;
+            Self::set_unique_id(&tmp, Self::cache_unique_id(&d.index))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))?;
+            if let Ok(f) = std::fs::File::open(&dir) {
+                let _ = f.sync_all();
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    /// Removes the cached disks (see [`Library::base_image`]) that no named
+    /// machine uses any more, and the files that interrupted writes left in
+    /// the cache. Returns how many files were removed. Other files are left
+    /// alone.
+    pub fn prune_cache(&self) -> Result<u64> {
+        let dir = self.home.join(Self::CACHE_DIR);
+        if !dir.is_dir() {
+            return Ok(0);
+        }
+        // No disk is being materialized meanwhile.
+        let _gc = self.gc_lock(true)?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, "list", e))?;
+        let used: HashSet<Digest> = self
+            .list()?
+            .iter()
+            .flat_map(|l| l.machine.disks.iter().map(|d| d.index))
+            .collect();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, "list", e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let unused = match name.strip_suffix(".vhd") {
+                Some(hex) => Digest::from_hex(hex).is_some_and(|d| !used.contains(&d)),
+                None => name.starts_with('.') && name.ends_with(".tmp"),
+            };
+            if unused {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The unique id of the cached VHD of the disk whose index is `index`: the
+    /// index digest's first 16 bytes, marked as an RFC 9562 version 8 (custom)
+    /// UUID.
+    fn cache_unique_id(index: &Digest) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&index.bytes()[..16]);
+        id[6] = (id[6] & 0x0f) | 0x80;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        id
+    }
+
+    /// Sets the unique id of the dynamic VHD at `path` in both copies of its
+    /// footer (VHD spec: "Hard Disk Footer Format"; a dynamic disk keeps a copy
+    /// at offset 0), and makes the change durable.
+    fn set_unique_id(path: &Path, id: [u8; 16]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        use vdisk::vhd::footer::{Footer, FOOTER_SIZE};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        let size = FOOTER_SIZE as u64;
+        if len < 2 * size {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                "too small for a dynamic VHD",
+            ));
+        }
+        for at in [0, len - size] {
+            let mut b = [0u8; FOOTER_SIZE];
+            file.read_exact_at(&mut b, at)
+                .map_err(|e| Error::io(path, "read footer", e))?;
+            let mut footer = Footer::decode(&b).filter(Footer::is_valid).ok_or_else(|| {
+                Error::corrupt(
+                    path.display().to_string(),
+                    format!("no valid footer at offset {at}"),
+                )
+            })?;
+            footer.unique_id = id;
+            file.write_all_at(&footer.encode(), at)
+                .map_err(|e| Error::io(path, "write footer", e))?;
+        }
+        file.sync_all().map_err(|e| Error::io(path, "fsync", e))
+    }
 }

@@ -63,13 +63,26 @@ where
         .join(" ")
 }
 
+/// Environment every vmhub run of this test binary gets (a settings folder,
+/// say), set once by the tests that need it.
+pub static VMHUB_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// A command running the vmhub binary built for this test run.
+pub fn vmhub_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmhub"));
+    for (k, v) in VMHUB_ENV.get().into_iter().flatten() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 /// Runs the vmhub binary built for this test run.
 pub fn vmhub<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmhub"));
+    let mut cmd = vmhub_command();
     cmd.args(args);
     spawn("vmhub", cmd)
 }

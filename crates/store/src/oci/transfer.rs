@@ -23,6 +23,7 @@ use crate::library::Library;
 use crate::machine::{Machine, MAX_CONFIG_BYTES};
 use crate::manifest::{Descriptor, Manifest, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES};
 use crate::reference::MachineRef;
+use crate::trust::{signed_by, KeyPair, TrustStore, TrustedKey};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, Write};
@@ -76,11 +77,17 @@ pub struct Pushed {
 pub struct PullOptions {
     /// Blobs fetched at once.
     pub threads: usize,
+    /// The keys a machine must be signed by; `None` takes any machine,
+    /// signed or not (and skips the rollback check).
+    pub trust: Option<TrustStore>,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { threads: 8 }
+        PullOptions {
+            threads: 8,
+            trust: None,
+        }
     }
 }
 
@@ -99,6 +106,8 @@ pub struct Pulled {
     pub fetched_bytes: u64,
     /// Blobs the library already held.
     pub present: u64,
+    /// The trusted key that signed it (`None` when not verified).
+    pub signer: Option<TrustedKey>,
 }
 
 enum BlobMove {
@@ -107,17 +116,28 @@ enum BlobMove {
     Moved(u64),
 }
 
-/// Pushes library machine `local` to `remote`.
+/// Pushes library machine `local` to `remote`, signed with `key` when given
+/// (the library's name then names the signed manifest, as pushed).
 pub fn push(
     lib: &Library,
     local: &MachineRef,
     remote: &RemoteRef,
     client: &Client,
+    key: Option<&KeyPair>,
     opts: &PushOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Pushed> {
-    let (digest, manifest, _) = lib.resolve(local)?;
-    let json = lib.blobs().read(&digest, MAX_MANIFEST_BYTES)?;
+    let (mut digest, mut manifest, _) = lib.resolve(local)?;
+    let mut json = lib.blobs().read(&digest, MAX_MANIFEST_BYTES)?;
+    if let Some(key) = key {
+        if signed_by(&manifest).ok().flatten() != Some(key.public()) {
+            key.sign(&mut manifest);
+            json = manifest.to_json();
+            digest = lib.blobs().put(&json)?.0;
+            lib.blobs().sync()?;
+            lib.set_ref(local, &json, None)?;
+        }
+    }
     let repo = remote.repository.as_str();
     let scope = format!("repository:{repo}:pull,push");
     let mut all: Vec<Descriptor> = vec![manifest.config.clone()];
@@ -213,11 +233,36 @@ pub fn pull(
         }
     }
     let manifest = Manifest::machine_from_json(&json, &what)?;
+    // The signature before anything else is fetched.
+    let signer = match &opts.trust {
+        Some(t) => Some(t.verify(&manifest, &what)?),
+        None => None,
+    };
     let blobs = lib.blobs();
     // The small documents first: each is checked before it leads to more.
     let mut fetched_bytes = fetch(client, blobs, repo, &manifest.config, &mut |_| {})?;
     let config = blobs.read(&manifest.config.digest, MAX_CONFIG_BYTES)?;
     let machine = Machine::from_json(&config, &format!("{what}: machine description"))?;
+    if signer.is_some() {
+        if let Some(before) = lib.trusted_created(local)? {
+            let time = |t: &str| humantime::parse_rfc3339(t).ok();
+            match (time(&machine.created), time(&before)) {
+                (Some(new), Some(old)) if new >= old => {}
+                (Some(_), Some(_)) => {
+                    return Err(Error::Untrusted(format!(
+                        "{what}: this machine was made {}, before the one already trusted as {local} (made {before}): refusing a rollback",
+                        machine.created
+                    )))
+                }
+                _ => {
+                    return Err(Error::corrupt(
+                        what,
+                        format!("creation time {:?} is not an RFC 3339 time", machine.created),
+                    ))
+                }
+            }
+        }
+    }
     let sizes: HashMap<Digest, &Descriptor> =
         manifest.layers.iter().map(|l| (l.digest, l)).collect();
     let mut used: HashSet<Digest> = HashSet::new();
@@ -297,7 +342,8 @@ pub fn pull(
     }
     blobs.put(&json)?;
     blobs.sync()?;
-    lib.set_ref(local, &json)?;
+    let trusted_created = signer.as_ref().map(|_| machine.created.as_str());
+    lib.set_ref(local, &json, trusted_created)?;
     Ok(Pulled {
         manifest: digest,
         machine,
@@ -305,6 +351,7 @@ pub fn pull(
         fetched,
         fetched_bytes,
         present,
+        signer,
     })
 }
 
