@@ -437,6 +437,10 @@ pub fn prune(a: PruneArgs) -> ExitCode {
         let lib = a.home.open()?;
         let p = lib.prune()?;
         out!("removed {} blobs ({})", p.blobs, human(p.bytes));
+        let cached = lib.prune_cache()?;
+        if cached > 0 {
+            out!("removed {cached} files from the cache of disks for `vmhub run`");
+        }
         Ok(())
     })())
 }

@@ -1,4 +1,9 @@
-//! `vmhub run`: boot a disk image in QEMU without ever modifying it.
+//! `vmhub run`: boot a disk image, or a machine of the library, in QEMU
+//! without ever modifying it.
+//!
+//! A library machine boots from its first disk, materialized once into the
+//! library's cache as a dynamic VHD, with its own memory, CPUs and firmware
+//! unless options say otherwise.
 //!
 //! The instance gets a differencing child over the image; vmhub serves the
 //! child (and through it the whole chain) on a private Unix socket with its
@@ -6,35 +11,43 @@
 //! qemu-system-x86_64 on that socket. When QEMU exits (the guest powered off,
 //! Ctrl-C, or it failed to start), the server stops and flushes the child.
 
+use crate::output::Progress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+use store::machine::Machine;
+use store::{Library, MachineRef};
 use vdisk::OpenOptions;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The disk image to boot (a VHD, or a differencing VHD and its chain).
+    /// What to boot: a disk image file (a VHD, or a differencing VHD and its
+    /// chain), else a machine of the library, NAME[:TAG].
+    #[arg(value_name = "IMAGE|NAME[:TAG]")]
     pub image: PathBuf,
-    /// Guest memory, such as 512M or 2G.
-    #[arg(long, default_value = "512M")]
-    pub memory: String,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
-    /// Firmware: SeaBIOS, or OVMF for UEFI guests.
-    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
-    pub firmware: Firmware,
-    /// Keep the instance's disk afterwards (the default), at --instance or
-    /// beside the image.
+    /// Guest memory, such as 512M or 2G [default: the machine's; 512M for an
+    /// image file].
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Virtual CPUs [default: the machine's; 1 for an image file].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Firmware: SeaBIOS, or OVMF for UEFI guests [default: the machine's;
+    /// bios for an image file].
+    #[arg(long, value_enum)]
+    pub firmware: Option<Firmware>,
+    /// Keep the instance's disk afterwards (the default), at --instance,
+    /// beside the image, or in the library's instances folder.
     #[arg(long, conflicts_with = "rm")]
     pub keep: bool,
     /// Remove the instance's disk when QEMU exits: nothing of the run remains.
     #[arg(long)]
     pub rm: bool,
     /// Where to create the instance's differencing disk [default: beside the
-    /// image, named IMAGE-STEM.run-TIME.vhd].
+    /// image, named IMAGE-STEM.run-TIME.vhd; for a library machine
+    /// HOME/instances/NAME-TAG-TIME.vhd, with each / of NAME as _].
     #[arg(long, value_name = "FILE")]
     pub instance: Option<PathBuf>,
     /// Accelerator: KVM when it works, else TCG (auto), or one of them.
@@ -50,9 +63,32 @@ pub struct RunArgs {
     /// The QEMU binary [default: $VMHUB_QEMU, else qemu-system-x86_64].
     #[arg(long, value_name = "PATH")]
     pub qemu: Option<PathBuf>,
+    /// The library, for booting one of its machines.
+    #[command(flatten)]
+    pub home: crate::library::HomeArg,
     /// More arguments for QEMU, after `--`.
     #[arg(last = true)]
     pub qemu_args: Vec<String>,
+}
+
+/// What `vmhub run` boots.
+enum Source {
+    /// A VHD file (perhaps the top of a chain).
+    Image(PathBuf),
+    /// A machine of the library.
+    Machine {
+        library: Library,
+        reference: MachineRef,
+        machine: Box<Machine>,
+    },
+}
+
+/// The settings a boot uses: the options given, else the machine's, else
+/// those for an image file.
+struct Settings {
+    memory: String,
+    cpus: u32,
+    firmware: Firmware,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,18 +144,111 @@ fn qemu_binary(args: &RunArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
 }
 
+/// What the argument names: an existing file is an image; anything else must
+/// be a machine of the library.
+fn source(args: &RunArgs) -> Result<Source> {
+    let arg = &args.image;
+    if arg.exists() && !arg.is_dir() {
+        // The instance disk is a differencing VHD, whose parent must be a VHD.
+        match vdisk::sniff(arg).with_context(|| format!("cannot boot {}", arg.display()))? {
+            vdisk::Format::Vhd => {}
+            vdisk::Format::Raw => bail!(
+                "{}: a raw image; vmhub run boots VHDs (the instance writes to a differencing VHD over the image): convert it first with `vmhub img convert {} {}`, or import it into the library with `vmhub import {} NAME[:TAG]`",
+                arg.display(),
+                arg.display(),
+                arg.with_extension("vhd").display(),
+                arg.display()
+            ),
+        }
+        return Ok(Source::Image(arg.clone()));
+    }
+    let reference = match arg.to_str().map(str::parse::<MachineRef>) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => bail!(
+            "{}: no such image file, and not a machine name either ({e})",
+            arg.display()
+        ),
+        None => bail!(
+            "{}: no such image file, and not a machine name either",
+            arg.display()
+        ),
+    };
+    let library = args.home.open()?;
+    let machine = match library.resolve(&reference) {
+        Ok((_, _, m)) => m,
+        Err(store::Error::NotFound(_)) => bail!(
+            "{}: no such image file, and no machine {reference} in the library {} (`vmhub ls` lists them, `vmhub import` adds one)",
+            arg.display(),
+            library.home().display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot boot {reference}")),
+    };
+    if !matches!(machine.architecture.as_str(), "x86_64" | "i386") {
+        bail!(
+            "{reference}: an {} machine; vmhub run boots x86 machines (x86_64, i386)",
+            machine.architecture
+        );
+    }
+    Ok(Source::Machine {
+        library,
+        reference,
+        machine: Box::new(machine),
+    })
+}
+
+fn settings(args: &RunArgs, source: &Source) -> Settings {
+    let machine = match source {
+        Source::Machine { machine, .. } => Some(machine),
+        Source::Image(_) => None,
+    };
+    Settings {
+        memory: args.memory.clone().unwrap_or_else(|| match machine {
+            Some(m) => qemu_memory(m.memory),
+            None => "512M".into(),
+        }),
+        cpus: args.cpus.or(machine.map(|m| m.cpus)).unwrap_or(1),
+        firmware: args.firmware.unwrap_or(match machine.map(|m| m.firmware) {
+            Some(store::machine::Firmware::Uefi) => Firmware::Uefi,
+            Some(store::machine::Firmware::Bios) | None => Firmware::Bios,
+        }),
+    }
+}
+
+/// A memory size in bytes as QEMU's `-m` takes it: MiB, rounded up.
+fn qemu_memory(bytes: u64) -> String {
+    format!("{}M", bytes.div_ceil(1 << 20).max(1))
+}
+
+/// The VHD the instance goes over: the image, or the machine's first disk
+/// materialized in the library's cache (once; later runs reuse it).
+fn base_image(source: &Source) -> Result<PathBuf> {
+    match source {
+        Source::Image(p) => Ok(p.clone()),
+        Source::Machine {
+            library,
+            reference,
+            machine,
+        } => {
+            if machine.disks.len() > 1 {
+                eprintln!(
+                    "vmhub: note: {reference} has {} disks; vmhub run attaches the first, the boot disk",
+                    machine.disks.len()
+                );
+            }
+            let mut progress = Progress::new(false, "unpack");
+            let path = library
+                .base_image(reference, machine, 0, &mut |d, t| progress.set(d, t))
+                .with_context(|| format!("cannot unpack the disk of {reference}"))?;
+            progress.finish();
+            Ok(path)
+        }
+    }
+}
+
 /// Boots the image; returns the exit code to give (0 when QEMU exited cleanly).
 fn boot(args: &RunArgs) -> Result<u8> {
-    // The instance disk is a differencing VHD, whose parent must be a VHD.
-    match vdisk::sniff(&args.image).with_context(|| format!("cannot boot {}", args.image.display()))? {
-        vdisk::Format::Vhd => {}
-        vdisk::Format::Raw => bail!(
-            "{}: a raw image; vmhub run boots VHDs (the instance writes to a differencing VHD over the image): convert it first with `vmhub img convert {} {}`",
-            args.image.display(),
-            args.image.display(),
-            args.image.with_extension("vhd").display()
-        ),
-    }
+    let source = source(args)?;
+    let settings = settings(args, &source);
     let qemu = qemu_binary(args);
     let version = Command::new(&qemu)
         .arg("--version")
@@ -132,7 +261,7 @@ fn boot(args: &RunArgs) -> Result<u8> {
             qemu.display()
         );
     }
-    let bios = match args.firmware {
+    let bios = match settings.firmware {
         Firmware::Bios => None,
         Firmware::Uefi => Some(
             OVMF.iter()
@@ -158,15 +287,29 @@ fn boot(args: &RunArgs) -> Result<u8> {
     };
 
     // The instance: a differencing child over the image, which is only read.
+    let base = base_image(&source)?;
     let instance = match (&args.instance, args.rm) {
         (Some(p), _) => p.clone(),
         (None, true) => private.path().join("instance.vhd"),
-        (None, false) => default_instance(&args.image)?,
+        (None, false) => default_instance(&source)?,
     };
-    vdisk::create_child(&instance, &args.image, 2 << 20, false)
+    vdisk::create_child(&instance, &base, 2 << 20, false)
         .with_context(|| format!("cannot create the instance disk {}", instance.display()))?;
+    if let Source::Machine { reference, .. } = &source {
+        eprintln!(
+            "vmhub: {reference}: memory {}, {} CPU{}, {} firmware",
+            settings.memory,
+            settings.cpus,
+            if settings.cpus == 1 { "" } else { "s" },
+            match settings.firmware {
+                Firmware::Bios => "BIOS",
+                Firmware::Uefi => "UEFI",
+            }
+        );
+    }
     let outcome = serve_and_boot(
         args,
+        &settings,
         &qemu,
         accel,
         bios.as_deref(),
@@ -180,6 +323,13 @@ fn boot(args: &RunArgs) -> Result<u8> {
                 instance.display()
             );
         }
+    } else if matches!(source, Source::Machine { .. }) {
+        // The cached base is shared by every run of the machine: never merge
+        // into it.
+        eprintln!(
+            "vmhub: the instance's changes are in {} (boot it again with `vmhub run {0}`, keep them as a machine with `vmhub import {0} NAME[:TAG]`)",
+            instance.display()
+        );
     } else {
         eprintln!(
             "vmhub: the instance's changes are in {} (boot it again with `vmhub run {0}`, fold them into the image with `vmhub img merge {0}`)",
@@ -189,25 +339,42 @@ fn boot(args: &RunArgs) -> Result<u8> {
     outcome
 }
 
-/// The default instance disk beside `image`: `STEM.run-SECONDS.vhd`.
-fn default_instance(image: &Path) -> Result<PathBuf> {
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "disk".into());
+/// The default instance disk: beside an image, `STEM.run-SECONDS.vhd`; for a
+/// library machine, `HOME/instances/NAME-TAG-SECONDS.vhd`, beside the cache
+/// so that the relative parent locator keeps working when the library folder
+/// moves.
+fn default_instance(source: &Source) -> Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dir = match image.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    let (dir, stem) = match source {
+        Source::Image(image) => {
+            let stem = image
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "disk".into());
+            let dir = match image.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            (dir, format!("{stem}.run-{secs}"))
+        }
+        Source::Machine {
+            library, reference, ..
+        } => {
+            let dir = library.home().join("instances");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+            let name = reference.name.replace('/', "_");
+            (dir, format!("{name}-{}-{secs}", reference.tag))
+        }
     };
     for n in 0..100u32 {
         let name = if n == 0 {
-            format!("{stem}.run-{secs}.vhd")
+            format!("{stem}.vhd")
         } else {
-            format!("{stem}.run-{secs}-{n}.vhd")
+            format!("{stem}-{n}.vhd")
         };
         let p = dir.join(name);
         if !p.exists() {
@@ -219,6 +386,7 @@ fn default_instance(image: &Path) -> Result<PathBuf> {
 
 fn serve_and_boot(
     args: &RunArgs,
+    settings: &Settings,
     qemu: &Path,
     accel: &str,
     bios: Option<&Path>,
@@ -234,8 +402,8 @@ fn serve_and_boot(
 
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", &format!("pc,accel={accel}")])
-        .args(["-m", &args.memory])
-        .args(["-smp", &args.cpus.to_string()])
+        .args(["-m", &settings.memory])
+        .args(["-smp", &settings.cpus.to_string()])
         .arg("-blockdev")
         .arg(format!(
             "driver=nbd,node-name=disk0,server.type=unix,server.path={},export=disk",

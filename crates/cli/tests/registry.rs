@@ -323,7 +323,7 @@ fn versions_move_only_what_changed() {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::start(dir.path(), "reg", None);
     let v1 = dir.path().join("v1.raw");
-    let mut image = make_disk(&v1, GIB, 128 * MIB, 2);
+    let mut image = make_disk(&v1, GIB, 256 * MIB, 2);
     let lib1 = dir.path().join("lib1");
     let lib2 = dir.path().join("lib2");
     vmhub_ok(["import", p(&v1), "os:1", "--home", p(&lib1)]);

@@ -107,15 +107,27 @@ fn interrupt(child: &mut Child) -> ExitStatus {
 /// the console captured; returns
 /// (exit status, console text with CRs removed, stderr).
 fn boot(image: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let accel = if args.contains(&"--accel") {
+        &[][..]
+    } else {
+        &["--accel", "tcg"][..]
+    };
+    let mut all: Vec<&std::ffi::OsStr> = vec![image.as_os_str()];
+    all.extend(
+        accel
+            .iter()
+            .chain(&["--memory", "256M"])
+            .chain(args)
+            .map(std::ffi::OsStr::new),
+    );
+    run(&all)
+}
+
+/// `vmhub run ARGS`, with the console captured and a bounded wait; returns
+/// (exit status, console text with CRs removed, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (ExitStatus, String, String) {
     let mut child = Command::new(VMHUB)
         .arg("run")
-        .arg(image)
-        .args(if args.contains(&"--accel") {
-            &[][..]
-        } else {
-            &["--accel", "tcg"][..]
-        })
-        .args(["--memory", "256M"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -364,4 +376,187 @@ fn sigint_stops_qemu_and_the_server() {
         .output()
         .unwrap();
     assert!(ps.stdout.is_empty(), "a process still uses the instance");
+}
+
+/// The SHA-256 of every file under `dir`, one `HASH  PATH` line each, sorted.
+fn tree_hashes(dir: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -type f -exec sha256sum {} + | sort")
+        .arg("sh")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `.vhd` files in `dir`.
+fn vhds(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "vhd"));
+    v.sort();
+    v
+}
+
+/// A QEMU that notes each command line in `log` and runs the real one.
+fn logging_qemu(dir: &Path, log: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("qemu-logged");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec qemu-system-x86_64 \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// The last command line the logging QEMU was started with.
+fn last_qemu_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn boots_a_library_machine_with_its_own_settings() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("lib-marker-{}", std::process::id());
+    let tiny = build_tiny(dir.path(), &marker);
+    let home = dir.path().join("library");
+    vmhub(&[
+        "import".as_ref(),
+        tiny.raw.as_os_str(),
+        "tiny:1".as_ref(),
+        "--memory".as_ref(),
+        "256M".as_ref(),
+        "--cpus".as_ref(),
+        "1".as_ref(),
+        "--home".as_ref(),
+        home.as_os_str(),
+    ]);
+    let blobs = tree_hashes(&home.join("blobs"));
+    let log = dir.path().join("qemu.log");
+    let qemu = logging_qemu(dir.path(), &log);
+    let common: Vec<&std::ffi::OsStr> = vec![
+        "--accel".as_ref(),
+        "tcg".as_ref(),
+        "--home".as_ref(),
+        home.as_os_str(),
+        "--qemu".as_ref(),
+        qemu.as_os_str(),
+    ];
+
+    // First run: the machine's disk is unpacked into the cache, and its
+    // memory and CPUs reach QEMU.
+    let mut args: Vec<&std::ffi::OsStr> = vec!["tiny:1".as_ref(), "--rm".as_ref()];
+    args.extend(&common);
+    let (status, console, err) = run(&args);
+    assert!(
+        status.success(),
+        "vmhub run tiny:1 failed: {err}\n{console}"
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l == format!("VMHUB-MARKER: {}", tiny.marker)),
+        "no marker line on the console:\n{console}"
+    );
+    assert!(console.lines().any(|l| l == "VMHUB-BOOT: 1"), "{console}");
+    assert!(console.lines().any(|l| l == "VMHUB-DONE"), "{console}");
+    let line = last_qemu_line(&log);
+    assert!(
+        line.contains("-m 256M") && line.contains("-smp 1"),
+        "the machine's settings are not on QEMU's command line: {line}"
+    );
+    let cached = vhds(&home.join("cache"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let meta = std::fs::metadata(&cached[0]).unwrap();
+    assert!(
+        !home.join("instances").exists(),
+        "--rm put an instance in the library"
+    );
+
+    // Second run: the cache is reused as it is, an option overrides the
+    // machine's memory, and the kept instance lands in the library.
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["tiny:1".as_ref(), "--memory".as_ref(), "320M".as_ref()];
+    args.extend(&common);
+    let (status, console, err) = run(&args);
+    assert!(status.success(), "second run failed: {err}\n{console}");
+    assert!(console.lines().any(|l| l == "VMHUB-BOOT: 1"), "{console}");
+    let line = last_qemu_line(&log);
+    assert!(line.contains("-m 320M"), "--memory did not win: {line}");
+    assert_eq!(vhds(&home.join("cache")), cached);
+    let again = std::fs::metadata(&cached[0]).unwrap();
+    assert_eq!(
+        (again.ino(), again.mtime(), again.mtime_nsec()),
+        (meta.ino(), meta.mtime(), meta.mtime_nsec()),
+        "the cached disk was written again"
+    );
+    let instances = vhds(&home.join("instances"));
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let name = instances[0].file_name().unwrap().to_string_lossy();
+    assert!(name.starts_with("tiny-1-"), "{name}");
+    assert!(err.contains(&*name), "{err}");
+    assert_eq!(
+        tree_hashes(&home.join("blobs")),
+        blobs,
+        "the machine's blobs changed"
+    );
+
+    // The library folder moves as a whole: the instance finds the cached
+    // disk by its relative locator.
+    let moved = dir.path().join("moved");
+    std::fs::rename(&home, &moved).unwrap();
+    let instance = moved.join("instances").join(&*name);
+    assert_eq!(guest_file(&instance, &tiny, dir.path(), "boots.txt"), "1");
+
+    // Once no machine uses it, prune removes the cached disk.
+    let home = moved;
+    vmhub(&[
+        "rm".as_ref(),
+        "tiny:1".as_ref(),
+        "--home".as_ref(),
+        home.as_os_str(),
+    ]);
+    vmhub(&["prune".as_ref(), "--home".as_ref(), home.as_os_str()]);
+    assert_eq!(vhds(&home.join("cache")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_name_neither_file_nor_machine_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("library");
+    let (status, _, err) = run(&[
+        "nosuch:1".as_ref(),
+        "--rm".as_ref(),
+        "--home".as_ref(),
+        home.as_os_str(),
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("nosuch:1")
+            && err.contains("no such image file")
+            && err.contains("no machine")
+            && err.contains(home.to_str().unwrap()),
+        "{err}"
+    );
+    // Not a machine name either.
+    let (status, _, err) = run(&["No Such.vhd".as_ref(), "--home".as_ref(), home.as_os_str()]);
+    assert!(!status.success());
+    assert!(
+        err.contains("No Such.vhd") && err.contains("not a machine name"),
+        "{err}"
+    );
 }
