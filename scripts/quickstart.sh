@@ -30,7 +30,7 @@ vmhub=$root/target/release/vmhub
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$work"
-rm -f tiny.raw machine.vhd instance.vhd flat.vhd
+rm -rf tiny.raw machine.vhd instance.vhd flat.vhd library
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
@@ -51,6 +51,13 @@ step "$vmhub" inspect instance.vhd
 step "$vmhub" fs parts instance.vhd
 step "$vmhub" fs ls -l instance.vhd:2:/
 step "$vmhub" fs cat instance.vhd:2:/marker.txt
+
+# The library: keep the machine as shared chunks, boot it by name.
+export VMHUB_HOME=$work/library
+step "$vmhub" import machine.vhd tiny:1 --memory 256M --description "a tiny Linux machine"
+step "$vmhub" ls
+step "$vmhub" show tiny:1
+step "$vmhub" run tiny:1 --rm </dev/null
 
 # The toolkit: flatten the chain, check it, compare it with the instance.
 step "$vmhub" img convert instance.vhd flat.vhd --type fixed

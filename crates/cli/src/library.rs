@@ -316,29 +316,45 @@ pub fn ls(a: LsArgs) -> ExitCode {
             out!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
-        out!(
-            "{:<32}  {:<12}  {:<20}  {:>10}  {:>10}",
-            "MACHINE",
-            "MANIFEST",
-            "OS",
-            "DISK",
-            "STORED"
-        );
-        for l in &all {
-            let os = l
-                .machine
-                .os
-                .as_ref()
-                .map(|o| o.name.clone().unwrap_or_else(|| o.family.clone()))
-                .unwrap_or_else(|| "unknown".into());
-            let size: u64 = l.machine.disks.iter().map(|d| d.size).sum();
+        let rows: Vec<[String; 5]> = all
+            .iter()
+            .map(|l| {
+                let os = l
+                    .machine
+                    .os
+                    .as_ref()
+                    .map(|o| o.name.clone().unwrap_or_else(|| o.family.clone()))
+                    .unwrap_or_else(|| "unknown".into());
+                let size: u64 = l.machine.disks.iter().map(|d| d.size).sum();
+                [
+                    l.reference.to_string(),
+                    l.manifest.hex().get(..12).unwrap_or_default().to_string(),
+                    os,
+                    human(size),
+                    human(l.stored),
+                ]
+            })
+            .collect();
+        let header = ["MACHINE", "MANIFEST", "OS", "DISK", "STORED"].map(String::from);
+        let mut width = [0usize; 5];
+        for row in std::iter::once(&header).chain(&rows) {
+            for (w, cell) in width.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
             out!(
-                "{:<32}  {:<12}  {:<20}  {:>10}  {:>10}",
-                l.reference.to_string(),
-                l.manifest.hex().get(..12).unwrap_or_default(),
-                os,
-                human(size),
-                human(l.stored)
+                "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                w0 = width[0],
+                w1 = width[1],
+                w2 = width[2],
+                w3 = width[3],
+                w4 = width[4]
             );
         }
         Ok(())
