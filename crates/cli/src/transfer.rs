@@ -44,6 +44,10 @@ pub struct PushArgs {
     /// Push without a signature (pullers must then skip verification).
     #[arg(long)]
     unsigned: bool,
+    /// Upload blobs larger than this in pieces (PATCH requests of this size)
+    /// rather than in one request.
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size, default_value = "32M")]
+    upload_pieces_above: u64,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -152,7 +156,8 @@ pub fn push(a: PushArgs) -> ExitCode {
         let opts = PushOptions {
             threads: a.registry.threads,
             mount_from: a.mount_from.clone(),
-            ..PushOptions::default()
+            chunked_above: a.upload_pieces_above,
+            piece: a.upload_pieces_above.max(1),
         };
         let key = if a.unsigned {
             None

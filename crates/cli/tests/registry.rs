@@ -297,6 +297,30 @@ fn push_then_pull_gives_the_same_disk_and_moves_nothing_twice() {
     vmhub_ok(["pull", &other, "--home", p(&lib3)]);
     assert_exports(&lib3, "acme/copy:1", &image);
 
+    // Uploads in pieces (POST, PATCH with Content-Range, PUT) store the same blobs.
+    let fresh = Registry::start(dir.path(), "fresh", None);
+    let pieces = format!("{}/acme/pieces:1", fresh.addr);
+    vmhub_ok([
+        "push",
+        "acme/box:1",
+        &pieces,
+        "--home",
+        p(&lib2),
+        "--upload-pieces-above",
+        "100K",
+    ]);
+    let patches = fresh
+        .requests()
+        .iter()
+        .filter(|l| {
+            l.contains("http.request.method=PATCH") && l.contains("http.response.status=202")
+        })
+        .count();
+    assert!(patches > 20, "only {patches} PATCH requests");
+    let lib4 = dir.path().join("lib4");
+    vmhub_ok(["pull", &pieces, "--home", p(&lib4)]);
+    assert_exports(&lib4, "acme/pieces:1", &image);
+
     // Errors name what is wrong.
     let out = vmhub([
         "pull",

@@ -120,9 +120,10 @@ impl Manifest {
         Ok(m)
     }
 
-    /// The manifest as JSON.
+    /// The manifest as compact JSON (a machine lists thousands of chunks, and
+    /// registries cap manifests at a few MiB).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 

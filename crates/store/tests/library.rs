@@ -2,6 +2,7 @@
 //! between versions, tags, prune, a copied library, damaged blobs.
 
 use std::path::Path;
+use store::index::{ChunkAlgorithm, Chunking};
 use store::library::{DiskSource, ImportOptions};
 use store::{Library, MachineRef};
 use vdisk::Disk;
@@ -66,13 +67,19 @@ fn import(lib: &Library, path: &Path, r: &str) -> store::library::Imported {
         name: "disk0".into(),
         disk: disk.as_ref(),
     }];
-    lib.import(
-        &sources,
-        &r.parse().unwrap(),
-        &ImportOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap()
+    // Small chunks, so that these small disks have many of them whatever
+    // the default size is.
+    let opts = ImportOptions {
+        chunking: Chunking {
+            algorithm: ChunkAlgorithm::FastCdc2020,
+            min: 16 << 10,
+            avg: 64 << 10,
+            max: 256 << 10,
+        },
+        ..ImportOptions::default()
+    };
+    lib.import(&sources, &r.parse().unwrap(), &opts, &mut |_, _| {})
+        .unwrap()
 }
 
 fn read_all(lib: &Library, r: &str) -> Vec<u8> {
