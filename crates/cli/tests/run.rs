@@ -515,10 +515,50 @@ fn boots_a_library_machine_with_its_own_settings() {
         "the machine's blobs changed"
     );
 
-    // The library folder moves as a whole: the instance finds the cached
-    // disk by its relative locator.
-    let moved = dir.path().join("moved");
-    std::fs::rename(&home, &moved).unwrap();
+    // The library folder is copied elsewhere (as to a USB disk) and the
+    // original removed: in the copy, the machine still lists, exports and
+    // runs, and the instance finds the cached disk by its relative locator.
+    let moved = dir.path().join("usb").join("machines");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&home)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::remove_dir_all(&home).unwrap();
+    let listed = vmhub(&["ls".as_ref(), "--home".as_ref(), moved.as_os_str()]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("tiny:1"), "{listed}");
+    let exported = dir.path().join("exported.raw");
+    vmhub(&[
+        "export".as_ref(),
+        "tiny:1".as_ref(),
+        exported.as_os_str(),
+        "--home".as_ref(),
+        moved.as_os_str(),
+    ]);
+    assert!(
+        std::fs::read(&exported).unwrap() == std::fs::read(&tiny.raw).unwrap(),
+        "the copied library exports other bytes"
+    );
+    let mut args: Vec<&std::ffi::OsStr> = vec!["tiny:1".as_ref(), "--rm".as_ref()];
+    let copied_common: Vec<&std::ffi::OsStr> = vec![
+        "--accel".as_ref(),
+        "tcg".as_ref(),
+        "--home".as_ref(),
+        moved.as_os_str(),
+        "--qemu".as_ref(),
+        qemu.as_os_str(),
+    ];
+    args.extend(&copied_common);
+    let (status, console, err) = run(&args);
+    assert!(
+        status.success(),
+        "run in the copied library failed: {err}\n{console}"
+    );
+    assert!(console.lines().any(|l| l == "VMHUB-DONE"), "{console}");
     let instance = moved.join("instances").join(&*name);
     assert_eq!(guest_file(&instance, &tiny, dir.path(), "boots.txt"), "1");
 
