@@ -87,6 +87,9 @@ pub struct ImportArgs {
     /// Licence (an SPDX expression).
     #[arg(long)]
     licence: Option<String>,
+    /// zstd level for the chunks (negative levels are faster and compress less).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19), default_value_t = store::chunker::DEFAULT_LEVEL)]
+    compression_level: i32,
     /// Show progress even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -228,6 +231,7 @@ fn do_import(a: &ImportArgs) -> Result<()> {
         cpus: a.cpus,
         memory: a.memory,
         licence: a.licence.clone(),
+        level: a.compression_level,
         ..ImportOptions::default()
     };
     let lib = a.home.open()?;

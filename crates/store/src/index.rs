@@ -21,8 +21,9 @@ pub const CHUNK_MEDIA_TYPE: &str = "application/vnd.vmhub.chunk.v1+zstd";
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// The largest disk an index may describe (64 TiB, VHDX's limit).
 pub const MAX_DISK: u64 = 64 << 40;
-/// The largest index blob read (about a million chunks).
-pub const MAX_INDEX_BYTES: u64 = 256 << 20;
+/// The largest index blob read (about half a million chunks, 256 GiB of data
+/// at the default chunk size; parsed, it takes a few times this in memory).
+pub const MAX_INDEX_BYTES: u64 = 128 << 20;
 
 /// How a disk was cut into chunks (FastCDC 2020, sizes in bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,10 @@ impl Client {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(300)))
+            // A registry that stops sending (or reading) for a minute is gone;
+            // no total limit, since a large blob on a slow link takes long.
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
             .user_agent(concat!("vmhub/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(16)
             .build();
@@ -86,12 +90,18 @@ impl Client {
         body: &Body,
     ) -> Result<Response<ureq::Body>> {
         let mut answered = false;
+        // The answer to this call's challenge: the retry must use it, not
+        // what the shared map holds by then (another thread may have stored a
+        // token of narrower scope under the same key meanwhile).
+        let mut fresh: Option<String> = None;
         loop {
             let mut req = http::Request::builder().method(method.clone()).uri(url);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            let known = self.auth.lock().ok().and_then(|a| a.get(scope).cloned());
+            let known = fresh
+                .clone()
+                .or_else(|| self.auth.lock().ok().and_then(|a| a.get(scope).cloned()));
             if let Some(a) = &known {
                 req = req.header("Authorization", a.as_str());
             }
@@ -119,8 +129,9 @@ impl Client {
                 })?;
             let value = self.answer(&challenge, scope, url)?;
             if let Ok(mut a) = self.auth.lock() {
-                a.insert(scope.to_string(), value);
+                a.insert(scope.to_string(), value.clone());
             }
+            fresh = Some(value);
         }
     }
 
@@ -166,7 +177,13 @@ impl Client {
                 token_url.push_str(&format!("{sep}scope={}", encode_query(scope)));
                 let mut req = http::Request::builder().method("GET").uri(&token_url);
                 if let Some(c) = &self.credentials {
-                    req = req.header("Authorization", c.basic());
+                    // The password goes to a token server on the registry's
+                    // own host, or to any over HTTPS; never in clear text to
+                    // another host the registry names.
+                    let same_host = host_of(realm) == host_of(&self.base);
+                    if same_host || realm.starts_with("https://") {
+                        req = req.header("Authorization", c.basic());
+                    }
                 }
                 let req = req
                     .body(&[][..])
@@ -466,6 +483,15 @@ impl Client {
             Err(self.error_with_body(&url, resp, "the registry refused"))
         }
     }
+}
+
+/// The host (and port) of an http(s) URL.
+fn host_of(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    rest.split(['/', '?']).next().unwrap_or(rest)
 }
 
 fn content_length(resp: &Response<ureq::Body>) -> Option<u64> {

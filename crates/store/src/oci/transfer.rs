@@ -17,8 +17,9 @@
 use super::client::Client;
 use super::remote::RemoteRef;
 use crate::blobs::Blobs;
+use crate::chunkdisk::decompress_chunk;
 use crate::digest::{Digest, Hasher};
-use crate::index::{DiskIndex, CHUNK_MEDIA_TYPE, DISK_INDEX_MEDIA_TYPE, MAX_INDEX_BYTES};
+use crate::index::{ChunkRef, DiskIndex, CHUNK_MEDIA_TYPE, DISK_INDEX_MEDIA_TYPE, MAX_INDEX_BYTES};
 use crate::library::Library;
 use crate::machine::{Machine, MAX_CONFIG_BYTES};
 use crate::manifest::{Descriptor, Manifest, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES};
@@ -266,6 +267,7 @@ pub fn pull(
     let sizes: HashMap<Digest, &Descriptor> =
         manifest.layers.iter().map(|l| (l.digest, l)).collect();
     let mut used: HashSet<Digest> = HashSet::new();
+    let mut chunk_of: HashMap<Digest, ChunkRef> = HashMap::new();
     for disk in &machine.disks {
         let layer = sizes
             .get(&disk.index)
@@ -296,6 +298,7 @@ pub fn pull(
             match sizes.get(&c.blob) {
                 Some(l) if l.size == c.size && l.media_type == CHUNK_MEDIA_TYPE => {
                     used.insert(c.blob);
+                    chunk_of.insert(c.blob, *c);
                 }
                 _ => {
                     return Err(Error::corrupt(
@@ -315,11 +318,15 @@ pub fn pull(
             format!("layer {} is used by no disk", l.digest),
         ));
     }
+    // Each chunk once, as the descriptor checked above: OCI allows a layer
+    // to be listed twice, and two threads fetching one blob would share its
+    // partial file.
+    let mut listed: HashSet<Digest> = HashSet::new();
     let chunks: Vec<Descriptor> = manifest
         .layers
         .iter()
-        .filter(|l| l.media_type == CHUNK_MEDIA_TYPE)
-        .cloned()
+        .filter(|l| l.media_type == CHUNK_MEDIA_TYPE && listed.insert(l.digest))
+        .filter_map(|l| sizes.get(&l.digest).map(|d| (*d).clone()))
         .collect();
     let total: u64 = chunks.iter().map(|c| c.size).sum();
     let moved = parallel(&chunks, opts.threads, total, progress, |d, report| {
@@ -328,6 +335,14 @@ pub fn pull(
             return Ok(None);
         }
         let n = fetch(client, blobs, repo, d, &mut |n| report(n))?;
+        // A chunk is also checked inside: it must decompress, within its
+        // declared length, to the content its index names, or it is dropped.
+        if let Some(c) = chunk_of.get(&d.digest) {
+            if let Err(e) = decompress_chunk(blobs, c) {
+                let _ = blobs.remove(&d.digest);
+                return Err(e);
+            }
+        }
         Ok(Some(n))
     })?;
     let (mut fetched, mut present) = (0u64, 0u64);
@@ -368,7 +383,42 @@ fn fetch(
         return Ok(0);
     }
     let partial = blobs.partial_path(&d.digest);
-    let mut have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    // One download per blob at a time, across threads and processes: the
+    // partial file is locked, and whoever gets the lock second finds the
+    // blob stored, or the partial file replaced, and acts on that.
+    let mut attempt = 0;
+    let file = loop {
+        attempt += 1;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(|e| Error::io(&partial, "open", e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(&partial, "lock", e.into()))?;
+        if blobs.has(&d.digest, Some(d.size)) {
+            return Ok(0);
+        }
+        use std::os::unix::fs::MetadataExt;
+        let held = file
+            .metadata()
+            .map_err(|e| Error::io(&partial, "stat", e))?;
+        let named = std::fs::metadata(&partial).ok();
+        if named.is_some_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
+            break file;
+        }
+        if attempt >= 8 {
+            return Err(Error::io(
+                &partial,
+                "lock",
+                std::io::Error::other("the partial download keeps being replaced"),
+            ));
+        }
+    };
+    let mut file = file;
+    let mut have = file.metadata().map_or(0, |m| m.len());
     if have >= d.size {
         have = 0;
     }
@@ -388,13 +438,6 @@ fn fetch(
             ));
         }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&partial)
-        .map_err(|e| Error::io(&partial, "open", e))?;
     let mut hasher = Hasher::new();
     if have > 0 {
         // Hash what is already there, then append to it.
