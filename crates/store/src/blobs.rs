@@ -55,8 +55,14 @@ impl Blobs {
     /// Stores `data`, returning its digest and whether it was new.
     pub fn put(&self, data: &[u8]) -> Result<(Digest, bool)> {
         let d = Digest::of(data);
+        self.put_as(data, d).map(|new| (d, new))
+    }
+
+    /// Stores `data`, whose digest the caller has just computed as `d`
+    /// (so that it is not computed twice); returns whether it was new.
+    pub fn put_as(&self, data: &[u8], d: Digest) -> Result<bool> {
         if self.has(&d, Some(data.len() as u64)) {
-            return Ok((d, false));
+            return Ok(false);
         }
         let (tmp, mut file) = self.temp()?;
         let written = file
@@ -66,7 +72,7 @@ impl Blobs {
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        written.map(|()| (d, true))
+        written.map(|()| true)
     }
 
     /// Stores what `src` yields, which must have digest `want` and at most

@@ -5,8 +5,8 @@
 //! chunk of a piece is held back and cut again with the next piece's bytes,
 //! so cut points do not depend on how the disk was read. Worker threads (one
 //! per core) hash each chunk, skip chunks of zeros and chunks the library
-//! already holds, and compress the rest; this thread puts the results back in
-//! disk order and writes the new blobs.
+//! already holds, and compress and store the rest; this thread puts the
+//! results back in disk order and builds the index.
 
 use crate::blobs::Blobs;
 use crate::digest::Digest;
@@ -31,8 +31,9 @@ pub const DEFAULT_CHUNKING: Chunking = Chunking {
     max: 2 << 20,
 };
 
-/// The zstd level chunks are compressed with.
-pub const DEFAULT_LEVEL: i32 = 3;
+/// The zstd level chunks are compressed with: level 1 takes about 30 % less
+/// CPU than level 3 for about 3 % more bytes (BENCHMARKS.md, "Push and pull").
+pub const DEFAULT_LEVEL: i32 = 1;
 
 /// Bytes of the disk read at a time.
 const PIECE: u64 = 8 << 20;
@@ -62,7 +63,8 @@ struct Job {
 enum Outcome {
     Zero,
     Known(ChunkRef),
-    New(ChunkRef, Vec<u8>),
+    /// Compressed and stored (`true` when the blob was not there before).
+    New(ChunkRef, bool),
 }
 
 struct Done {
@@ -114,17 +116,10 @@ pub fn store_disk(
         for _ in 0..workers {
             let rx = Arc::clone(&job_rx);
             let tx = done_tx.clone();
-            scope.spawn(move || work(&rx, &tx, known, level));
+            scope.spawn(move || work(&rx, &tx, blobs, known, level));
         }
         drop(done_tx);
-        collect(
-            done_rx,
-            blobs,
-            disk.virtual_size(),
-            chunking,
-            total,
-            progress,
-        )
+        collect(done_rx, disk.virtual_size(), chunking, total, progress)
     })
 }
 
@@ -186,6 +181,7 @@ fn cut(
 fn work(
     jobs: &Mutex<mpsc::Receiver<Job>>,
     done: &mpsc::SyncSender<Result<Done>>,
+    blobs: &Blobs,
     known: &HashMap<Digest, ChunkRef>,
     level: i32,
 ) {
@@ -215,14 +211,15 @@ fn work(
                 None => compressor
                     .compress(data)
                     .map_err(|e| Error::InvalidArgument(format!("zstd: {e}")))
-                    .map(|blob| {
+                    .and_then(|blob| {
                         let r = ChunkRef {
                             blob: Digest::of(&blob),
                             size: blob.len() as u64,
                             length: data.len() as u32,
                             content,
                         };
-                        Outcome::New(r, blob)
+                        let new = blobs.put_as(&blob, r.blob)?;
+                        Ok(Outcome::New(r, new))
                     }),
             }
         };
@@ -238,10 +235,9 @@ fn work(
     }
 }
 
-/// Puts the workers' results back in order, writes new blobs and builds the index.
+/// Puts the workers' results back in order and builds the index.
 fn collect(
     done: mpsc::Receiver<Result<Done>>,
-    blobs: &Blobs,
     size: u64,
     chunking: Chunking,
     total: u64,
@@ -263,22 +259,20 @@ fn collect(
         while let Some(d) = waiting.remove(&next) {
             next += 1;
             read += d.length;
-            let (r, blob) = match d.outcome {
+            let (r, stored) = match d.outcome {
                 Outcome::Zero => {
                     progress(read, total);
                     continue;
                 }
-                Outcome::Known(r) => (r, None),
-                Outcome::New(r, blob) => (r, Some(blob)),
+                Outcome::Known(r) => (r, false),
+                Outcome::New(r, new) => (r, new),
             };
             let n = match numbers.get(&r.content) {
                 Some(&n) => n,
                 None => {
-                    if let Some(blob) = blob {
-                        if blobs.put(&blob)?.1 {
-                            new_chunks += 1;
-                            new_bytes += r.size;
-                        }
+                    if stored {
+                        new_chunks += 1;
+                        new_bytes += r.size;
                     }
                     let n = u32::try_from(index.chunks.len()).map_err(|_| {
                         Error::InvalidArgument("a disk of more than 4 billion chunks".into())
