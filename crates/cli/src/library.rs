@@ -33,20 +33,31 @@ impl HomeArg {
 
 /// The library folder when none is given.
 pub fn default_home() -> Result<PathBuf> {
+    user_folder(
+        "VMHUB_HOME",
+        "XDG_DATA_HOME",
+        ".local/share",
+        "library folder",
+    )
+}
+
+/// A per-user folder of vmhub's: `$OWN_VAR`, else `$XDG_VAR/vmhub`, else
+/// `~/UNDER_HOME/vmhub` (the XDG base directory rules).
+pub fn user_folder(own_var: &str, xdg_var: &str, under_home: &str, what: &str) -> Result<PathBuf> {
     let var = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(h) = var("VMHUB_HOME") {
-        return Ok(h);
+    if let Some(p) = var(own_var) {
+        return Ok(p);
     }
-    if let Some(d) = var("XDG_DATA_HOME") {
+    if let Some(d) = var(xdg_var) {
         return Ok(d.join("vmhub"));
     }
     match var("HOME") {
-        Some(h) => Ok(h.join(".local/share/vmhub")),
-        None => bail!("no library folder: set VMHUB_HOME or pass --home"),
+        Some(h) => Ok(h.join(under_home).join("vmhub")),
+        None => bail!("no {what}: set {own_var} or HOME"),
     }
 }
 

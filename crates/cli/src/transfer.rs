@@ -96,21 +96,12 @@ pub struct LogoutArgs {
 /// ~/.config/vmhub. It holds auth.json (registry credentials), key.json (the
 /// signing key) and trusted.json (the keys pulls accept).
 fn config_dir() -> Result<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(p) = var("VMHUB_CONFIG") {
-        return Ok(p);
-    }
-    if let Some(d) = var("XDG_CONFIG_HOME") {
-        return Ok(d.join("vmhub"));
-    }
-    match var("HOME") {
-        Some(h) => Ok(h.join(".config/vmhub")),
-        None => bail!("no settings folder: set VMHUB_CONFIG or HOME"),
-    }
+    crate::library::user_folder(
+        "VMHUB_CONFIG",
+        "XDG_CONFIG_HOME",
+        ".config",
+        "settings folder",
+    )
 }
 
 fn auth_path() -> Result<PathBuf> {
