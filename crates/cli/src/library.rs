@@ -174,7 +174,8 @@ pub struct PruneArgs {
     home: HomeArg,
 }
 
-fn finish(r: Result<()>) -> ExitCode {
+/// The exit code of a command that ended with `r`, printing its error.
+pub(crate) fn finish(r: Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

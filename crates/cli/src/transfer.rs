@@ -2,7 +2,7 @@
 //! registries, signed and verified.
 
 use crate::img::Output;
-use crate::library::HomeArg;
+use crate::library::{finish, HomeArg};
 use crate::output::Progress;
 use crate::size::human;
 use anyhow::{bail, Context, Result};
@@ -125,16 +125,6 @@ fn client(remote: &RemoteRef, plain_http: bool) -> Result<Client> {
             credentials: store.get(&remote.registry),
         },
     ))
-}
-
-fn finish(r: Result<()>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmhub: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// `vmhub push`.
