@@ -197,6 +197,10 @@ pub enum Output {
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     Vhd,
+    Vhdx,
+    Qcow2,
+    Vmdk,
+    Vdi,
     Raw,
 }
 
@@ -215,16 +219,18 @@ enum Compat {
 /// Options that say what kind of image to write.
 #[derive(Args)]
 pub struct OutputFormat {
-    /// Image format [default: from the file's extension, `.raw`, `.img` or
-    /// `.bin` for raw, else vhd].
+    /// Image format [default: from the file's extension: `.vhdx`, `.qcow2`,
+    /// `.vmdk`, `.vdi`; `.raw`, `.img` or `.bin` for raw; else vhd].
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// VHD type.
+    /// Fixed (every byte has its place in the file) or dynamic (space taken as
+    /// data is written).
     #[arg(long = "type", value_enum, default_value = "dynamic")]
     kind: TypeArg,
-    /// Block size of a dynamic VHD (a power of two, 512 bytes to 256 MiB).
-    #[arg(long, value_parser = parse_size, default_value = "2M")]
-    block_size: u64,
+    /// Block size of a dynamic image, a power of two [default: the format's:
+    /// 2M for VHD, 32M for VHDX, 64K clusters for qcow2, 1M for VDI].
+    #[arg(long, value_parser = parse_size)]
+    block_size: Option<u64>,
     /// Size the disk for an older program's arithmetic.
     #[arg(long, value_enum)]
     compat: Option<Compat>,
@@ -234,19 +240,27 @@ impl OutputFormat {
     /// The options for writing the image `file`.
     pub(crate) fn options(&self, file: &Path) -> CreateOptions {
         let by_name = || {
-            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ["raw", "img", "bin"]
-                .iter()
-                .any(|r| ext.eq_ignore_ascii_case(r))
-            {
-                FormatArg::Raw
-            } else {
-                FormatArg::Vhd
+            let ext = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match ext.as_str() {
+                "raw" | "img" | "bin" => FormatArg::Raw,
+                "vhdx" | "avhdx" => FormatArg::Vhdx,
+                "qcow2" | "qcow" => FormatArg::Qcow2,
+                "vmdk" => FormatArg::Vmdk,
+                "vdi" => FormatArg::Vdi,
+                _ => FormatArg::Vhd,
             }
         };
         CreateOptions {
             format: match self.format.unwrap_or_else(by_name) {
                 FormatArg::Vhd => Format::Vhd,
+                FormatArg::Vhdx => Format::Vhdx,
+                FormatArg::Qcow2 => Format::Qcow2,
+                FormatArg::Vmdk => Format::Vmdk,
+                FormatArg::Vdi => Format::Vdi,
                 FormatArg::Raw => Format::Raw,
             },
             image_type: match self.kind {
@@ -344,7 +358,11 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             out,
             force,
         } => {
-            vdisk::create_child(&file, &parent, out.options(&file).block_size, force)?;
+            let block_size = out
+                .options(&file)
+                .block_size
+                .unwrap_or(vdisk::vhd::header::DEFAULT_BLOCK_SIZE);
+            vdisk::create_child(&file, &parent, block_size, force)?;
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let v = disk.virtual_size();
             out!(

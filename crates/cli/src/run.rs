@@ -152,9 +152,10 @@ fn source(args: &RunArgs) -> Result<Source> {
         // The instance disk is a differencing VHD, whose parent must be a VHD.
         match vdisk::sniff(arg).with_context(|| format!("cannot boot {}", arg.display()))? {
             vdisk::Format::Vhd => {}
-            vdisk::Format::Raw => bail!(
-                "{}: a raw image; vmhub run boots VHDs (the instance writes to a differencing VHD over the image): convert it first with `vmhub img convert {} {}`, or import it into the library with `vmhub import {} NAME[:TAG]`",
+            other => bail!(
+                "{}: a {} image; vmhub run boots VHDs (the instance writes to a differencing VHD over the image): convert it first with `vmhub img convert {} {}`, or import it into the library with `vmhub import {} NAME[:TAG]`",
                 arg.display(),
+                other.name(),
                 arg.display(),
                 arg.with_extension("vhd").display(),
                 arg.display()

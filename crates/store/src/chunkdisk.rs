@@ -191,6 +191,7 @@ impl Disk for ChunkDisk {
             host_allocated_bytes: stored,
             chain: Vec::new(),
             vhd: None,
+            details: None,
         })
     }
 

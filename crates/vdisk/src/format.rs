@@ -19,6 +19,14 @@ pub enum Format {
     Raw,
     /// Microsoft Virtual Hard Disk.
     Vhd,
+    /// Microsoft Virtual Hard Disk v2 (Hyper-V, Windows 8 and later).
+    Vhdx,
+    /// QEMU copy-on-write v2 and v3.
+    Qcow2,
+    /// VMware virtual disk.
+    Vmdk,
+    /// VirtualBox disk image.
+    Vdi,
 }
 
 impl Format {
@@ -27,6 +35,10 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::Vhd => "vhd",
+            Format::Vhdx => "vhdx",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vdi => "vdi",
         }
     }
 }
@@ -37,8 +49,12 @@ impl std::str::FromStr for Format {
         match s {
             "raw" => Ok(Format::Raw),
             "vhd" | "vpc" => Ok(Format::Vhd),
+            "vhdx" => Ok(Format::Vhdx),
+            "qcow2" => Ok(Format::Qcow2),
+            "vmdk" => Ok(Format::Vmdk),
+            "vdi" => Ok(Format::Vdi),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown format {s:?}: expected vhd or raw"
+                "unknown format {s:?}: expected one of raw, vhd, vhdx, qcow2, vmdk, vdi"
             ))),
         }
     }
@@ -67,8 +83,9 @@ pub struct CreateOptions {
     pub format: Format,
     /// Fixed or dynamic (ignored for raw, which is always the plain file).
     pub image_type: ImageType,
-    /// Block size of a dynamic disk.
-    pub block_size: u64,
+    /// Block size of a dynamic disk (the cluster size of qcow2, the grain of
+    /// VMDK); `None` for the format's default.
+    pub block_size: Option<u64>,
     /// Round sizes up to an exact CHS geometry, as Virtual PC needs.
     pub compat_vpc: bool,
 }
@@ -78,7 +95,7 @@ impl Default for CreateOptions {
         CreateOptions {
             format: Format::Vhd,
             image_type: ImageType::Dynamic,
-            block_size: DEFAULT_BLOCK_SIZE,
+            block_size: None,
             compat_vpc: false,
         }
     }
@@ -87,19 +104,33 @@ impl Default for CreateOptions {
 /// Tells the format of an open file from its content.
 pub fn sniff_file(file: &File, path: &Path) -> Result<Format> {
     let len = file_len(file, path)?;
-    let cookie_at = |offset: u64| -> Result<bool> {
-        let mut b = [0u8; 8];
-        read_exact_at(file, path, &mut b, offset, "format probe")?;
-        Ok(&b == COOKIE)
-    };
-    // A dynamic disk starts with a footer copy; a fixed disk has its footer only
-    // at the end (512 bytes, or 511 for very old Virtual PC disks).
-    if len >= 8 && cookie_at(0)? {
+    let mut head = vec![0u8; len.min(4096) as usize];
+    read_exact_at(file, path, &mut head, 0, "format probe")?;
+    // A dynamic VHD starts with a footer copy; the other formats start with a
+    // signature of their own.
+    if head.starts_with(COOKIE) {
         return Ok(Format::Vhd);
     }
+    let signed = [
+        (Format::Vhdx, crate::vhdx::sniff as fn(&[u8]) -> bool),
+        (Format::Qcow2, crate::qcow2::sniff),
+        (Format::Vmdk, crate::vmdk::sniff),
+        (Format::Vdi, crate::vdi::sniff),
+    ];
+    for (format, sniff) in signed {
+        if sniff(&head) {
+            return Ok(format);
+        }
+    }
+    // A fixed VHD has its footer only at the end (512 bytes, or 511 for very
+    // old Virtual PC disks).
     for footer_len in [FOOTER_SIZE as u64, LEGACY_FOOTER_SIZE as u64] {
-        if len >= footer_len && cookie_at(len - footer_len)? {
-            return Ok(Format::Vhd);
+        if len >= footer_len {
+            let mut b = [0u8; 8];
+            read_exact_at(file, path, &mut b, len - footer_len, "format probe")?;
+            if &b == COOKIE {
+                return Ok(Format::Vhd);
+            }
         }
     }
     Ok(Format::Raw)
@@ -148,6 +179,10 @@ pub fn open(path: &Path, opts: OpenOptions) -> Result<Box<dyn Disk>> {
     Ok(match sniff_file(&file, path)? {
         Format::Raw => Box::new(RawDisk::from_file(file, path, opts.writable)?),
         Format::Vhd => Box::new(VhdDisk::from_file(file, path, opts.writable)?),
+        Format::Vhdx => crate::vhdx::open(file, path, opts.writable)?,
+        Format::Qcow2 => crate::qcow2::open(file, path, opts.writable)?,
+        Format::Vmdk => crate::vmdk::open(file, path, opts.writable)?,
+        Format::Vdi => crate::vdi::open(file, path, opts.writable)?,
     })
 }
 
@@ -173,12 +208,16 @@ pub fn create_in(
                 &NewVhd {
                     size,
                     kind,
-                    block_size: opts.block_size,
+                    block_size: opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
                     compat_vpc: opts.compat_vpc,
                 },
             )?;
             Ok((Box::new(VhdDisk::from_file(file, path, true)?), plan.notes))
         }
+        Format::Vhdx => crate::vhdx::create(file, path, size, opts),
+        Format::Qcow2 => crate::qcow2::create(file, path, size, opts),
+        Format::Vmdk => crate::vmdk::create(file, path, size, opts),
+        Format::Vdi => crate::vdi::create(file, path, size, opts),
     }
 }
 
@@ -237,6 +276,10 @@ pub fn repair(path: &Path) -> Result<Vec<String>> {
     match sniff_file(&file, path)? {
         Format::Raw => Ok(Vec::new()),
         Format::Vhd => crate::vhd::repair::repair_file(&file, path),
+        other => Err(Error::unsupported(
+            path,
+            format!("repairing {} images is not supported", other.name()),
+        )),
     }
 }
 
@@ -251,5 +294,9 @@ pub fn check(path: &Path) -> Result<CheckReport> {
             Ok(r)
         }
         Format::Vhd => crate::vhd::check::check_file(&file, path),
+        Format::Vhdx => crate::vhdx::check_file(&file, path),
+        Format::Qcow2 => crate::qcow2::check_file(&file, path),
+        Format::Vmdk => crate::vmdk::check_file(&file, path),
+        Format::Vdi => crate::vdi::check_file(&file, path),
     }
 }

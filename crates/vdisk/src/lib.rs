@@ -1,7 +1,8 @@
 //! Virtual disks: one [`Disk`] trait, the formats that implement it, and the
 //! operations written once against it (convert, compare, map, check).
 //!
-//! Formats live in their own modules ([`raw`], [`vhd`]); [`open`] sniffs the
+//! Formats live in their own modules ([`raw`], [`vhd`], [`vhdx`], [`qcow2`],
+//! [`vmdk`], [`vdi`]); [`open`] sniffs the
 //! format from the file's content, never from its name.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -10,8 +11,12 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod ops;
+pub mod qcow2;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 pub use error::{Error, Result};
 pub use format::{
@@ -188,7 +193,7 @@ pub struct ChainLink {
 pub struct ImageInfo {
     /// The image file.
     pub file: String,
-    /// Format name: "raw", "vhd".
+    /// Format name: "raw", "vhd", "vhdx", "qcow2", "vmdk", "vdi".
     pub format: &'static str,
     /// The size a guest sees, in bytes.
     pub virtual_size: u64,
@@ -203,4 +208,21 @@ pub struct ImageInfo {
     /// VHD-specific details.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub vhd: Option<vhd::VhdInfo>,
+    /// Details of the other formats.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<FormatDetails>,
+}
+
+/// What `img info` shows about an image of a format other than raw and VHD.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum FormatDetails {
+    /// VHDX.
+    Vhdx(vhdx::VhdxInfo),
+    /// qcow2.
+    Qcow2(qcow2::Qcow2Info),
+    /// VMDK.
+    Vmdk(vmdk::VmdkInfo),
+    /// VDI.
+    Vdi(vdi::VdiInfo),
 }

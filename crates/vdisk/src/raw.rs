@@ -117,6 +117,7 @@ impl Disk for RawDisk {
                 unique_id: None,
             }],
             vhd: None,
+            details: None,
         })
     }
 

@@ -686,7 +686,7 @@ fn write_layer(path: &Path, i: u64, model: &mut [u8]) {
 fn layers(dir: &Path, depth: usize) -> Layers {
     let base = dir.join("l0.vhd");
     let opts = CreateOptions {
-        block_size: 1 << 20,
+        block_size: Some(1 << 20),
         ..CreateOptions::default()
     };
     vdisk::create(&base, SIZE, &opts, false).unwrap();

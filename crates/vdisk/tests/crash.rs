@@ -142,7 +142,7 @@ fn harness(differencing: bool) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("crash.vhd");
     let opts = CreateOptions {
-        block_size: 64 << 10,
+        block_size: Some(64 << 10),
         ..CreateOptions::default()
     };
     let mut model = vec![0u8; SIZE as usize];
@@ -275,7 +275,7 @@ fn crash_child_merger() {
 /// 64 KiB blocks; returns what top reads.
 fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
     let opts = CreateOptions {
-        block_size: 64 << 10,
+        block_size: Some(64 << 10),
         ..CreateOptions::default()
     };
     let mut model = vec![0u8; SIZE as usize];
@@ -364,7 +364,7 @@ fn crash_child_rebuilder() {
                 } else {
                     vdisk::Format::Vhd
                 },
-                block_size: 512 << 10,
+                block_size: Some(512 << 10),
                 ..CreateOptions::default()
             };
             let src = vdisk::open(img, OpenOptions::default()).unwrap();
@@ -448,7 +448,7 @@ fn convert_harness() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.vhd");
     let opts = CreateOptions {
-        block_size: 512 << 10,
+        block_size: Some(512 << 10),
         ..CreateOptions::default()
     };
     vdisk::create(&src, BIG, &opts, false).unwrap();
@@ -513,7 +513,7 @@ fn convert_harness() {
 fn compact_harness() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions {
-        block_size: 512 << 10,
+        block_size: Some(512 << 10),
         ..CreateOptions::default()
     };
     // Templates: a dynamic disk, and a child over a base, each with data and

@@ -237,7 +237,7 @@ fn resize_grows_and_shrinks_dynamic_and_fixed() {
         let path = dir.path().join(name);
         let opts = CreateOptions {
             image_type: kind,
-            block_size: 64 << 10,
+            block_size: Some(64 << 10),
             ..CreateOptions::default()
         };
         vdisk::create(&path, 1 << 20, &opts, false).unwrap();

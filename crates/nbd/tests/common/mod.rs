@@ -75,7 +75,7 @@ pub fn serve_new(size: u64, data: &[u8], read_only: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.vhd");
     let opts = CreateOptions {
-        block_size: 1 << 20,
+        block_size: Some(1 << 20),
         ..CreateOptions::default()
     };
     vdisk::create(&image, size, &opts, false).unwrap();

@@ -900,6 +900,7 @@ impl Disk for VhdDisk {
                 warnings: self.warnings.clone(),
                 parent,
             }),
+            details: None,
         })
     }
 

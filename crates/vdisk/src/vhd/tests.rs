@@ -44,7 +44,7 @@ fn run_on(kind: ImageType, block_size: u64, size: u64, ops: &[Op], child: bool) 
     let opts = CreateOptions {
         format: Format::Vhd,
         image_type: kind,
-        block_size,
+        block_size: Some(block_size),
         compat_vpc: false,
     };
     let mut model = vec![0u8; size as usize];

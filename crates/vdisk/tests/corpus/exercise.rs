@@ -221,7 +221,7 @@ pub fn pattern(offset: u64, len: u64, seed: u8) -> Vec<u8> {
 pub fn write_parent(path: &Path) -> vdisk::Result<Vec<u8>> {
     let opts = CreateOptions {
         image_type: ImageType::Dynamic,
-        block_size: PARENT_BLOCK_SIZE,
+        block_size: Some(PARENT_BLOCK_SIZE),
         ..CreateOptions::default()
     };
     vdisk::create(path, PARENT_SIZE, &opts, false)?;

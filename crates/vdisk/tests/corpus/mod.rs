@@ -44,7 +44,7 @@ fn make_base(kind: ImageType, size: u64, writes: &[(u64, u64)]) -> Base {
     let path = dir.path().join("base.vhd");
     let opts = CreateOptions {
         image_type: kind,
-        block_size: BLOCK_SIZE,
+        block_size: Some(BLOCK_SIZE),
         ..CreateOptions::default()
     };
     vdisk::create(&path, size, &opts, false).unwrap();

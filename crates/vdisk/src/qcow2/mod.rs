@@ -1,0 +1,52 @@
+//! qcow2 images.
+
+use crate::format::CreateOptions;
+use crate::ops::check::CheckReport;
+use crate::{Disk, Error, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::path::Path;
+
+/// What `img info` shows about a qcow2 image beyond what every format shows.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Qcow2Info {}
+
+/// True when `head`, the first bytes of a file (up to 4 KiB, fewer for a
+/// short file), start like a qcow2 image.
+pub(crate) fn sniff(head: &[u8]) -> bool {
+    head.starts_with(b"QFI\xfb")
+}
+
+/// Opens the qcow2 image in `file`, for writing when `writable`.
+pub(crate) fn open(file: File, path: &Path, writable: bool) -> Result<Box<dyn Disk>> {
+    let _ = (file, writable);
+    Err(Error::unsupported(
+        path,
+        "qcow2 images cannot be opened yet",
+    ))
+}
+
+/// Makes an empty qcow2 image of `size` bytes in `file` (new and empty), and
+/// returns it open for writing.
+pub(crate) fn create(
+    file: File,
+    path: &Path,
+    size: u64,
+    opts: &CreateOptions,
+) -> Result<(Box<dyn Disk>, Vec<String>)> {
+    let _ = (file, size, opts);
+    Err(Error::unsupported(
+        path,
+        "qcow2 images cannot be created yet",
+    ))
+}
+
+/// Checks the qcow2 image in `file`.
+pub(crate) fn check_file(file: &File, path: &Path) -> Result<CheckReport> {
+    let _ = file;
+    Err(Error::unsupported(
+        path,
+        "qcow2 images cannot be checked yet",
+    ))
+}
