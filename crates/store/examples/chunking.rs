@@ -157,7 +157,7 @@ fn measure_cdc(home: &Path, d1: &dyn Disk, d2: &dyn Disk, c: Chunking) -> Res<Ro
     let i2 = lib.import(&[source(d2)], &r2, &opts, &mut |_, _| {})?;
     let x1 = index_of(&lib, &r1)?;
     let x2 = index_of(&lib, &r2)?;
-    let in_v1: HashSet<Digest> = x1.chunks.iter().map(|c| c.content).collect();
+    let in_v1: HashSet<store::ContentDigest> = x1.chunks.iter().map(|c| c.content).collect();
     let new: Vec<_> = x2
         .chunks
         .iter()

@@ -81,7 +81,7 @@ pub fn decompress_chunk(blobs: &Blobs, c: &crate::index::ChunkRef) -> Result<Vec
             ),
         )
     })?;
-    if data.len() != c.length as usize || crate::Digest::of(&data) != c.content {
+    if data.len() != c.length as usize || !c.content.matches(&data) {
         return Err(crate::Error::corrupt(
             c.blob.to_string(),
             format!(

@@ -9,7 +9,7 @@
 //! results back in disk order and builds the index.
 
 use crate::blobs::Blobs;
-use crate::digest::Digest;
+use crate::digest::{ContentDigest, Digest};
 use crate::index::{ChunkAlgorithm, ChunkRef, Chunking, DiskIndex};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -94,7 +94,7 @@ pub fn data_runs(disk: &dyn Disk) -> Result<Vec<(u64, u64)>> {
 pub fn store_disk(
     disk: &dyn Disk,
     blobs: &Blobs,
-    known: &HashMap<Digest, ChunkRef>,
+    known: &HashMap<ContentDigest, ChunkRef>,
     chunking: Chunking,
     level: i32,
     progress: &mut dyn FnMut(u64, u64),
@@ -131,18 +131,23 @@ fn cut(
     jobs: &mpsc::SyncSender<Job>,
 ) -> Result<()> {
     let mut seq = 0u64;
+    let mut pool = Pool::default();
     for &(start, end) in runs {
-        // `carry` holds the bytes from `base` on that the last piece held back.
-        let mut carry: Vec<u8> = Vec::new();
+        // The bytes the last piece held back: `held` of piece `prev`, which
+        // start at `base` on the disk.
+        let mut prev: Option<(Arc<Vec<u8>>, Range<usize>)> = None;
         let mut base = start;
         let mut pos = start;
         while pos < end {
             let n = PIECE.min(end - pos);
             disk.prefetch(pos + n, PIECE.min(end - (pos + n)));
-            let mut buf = Vec::with_capacity(carry.len() + n as usize);
-            buf.extend_from_slice(&carry);
-            buf.resize(carry.len() + n as usize, 0);
-            let fresh = buf.get_mut(carry.len()..).unwrap_or_default();
+            let carry = match &prev {
+                Some((piece, r)) => piece.get(r.clone()).unwrap_or_default(),
+                None => &[],
+            };
+            let mut buf = pool.take(carry.len() + n as usize);
+            let (head, fresh) = buf.split_at_mut(carry.len());
+            head.copy_from_slice(carry);
             disk.read_at(fresh, pos)?;
             pos += n;
             let last = pos == end;
@@ -152,6 +157,7 @@ fn cut(
                     .collect();
             let held = if last { None } else { cuts.pop() };
             let piece = Arc::new(buf);
+            pool.keep(&piece);
             for range in cuts {
                 let job = Job {
                     seq,
@@ -165,16 +171,43 @@ fn cut(
                     return Ok(());
                 }
             }
-            carry = match held {
-                Some(r) => {
-                    base += r.start as u64;
-                    piece.get(r).unwrap_or_default().to_vec()
-                }
-                None => Vec::new(),
-            };
+            prev = held.map(|r| {
+                base += r.start as u64;
+                (piece, r)
+            });
         }
     }
     Ok(())
+}
+
+/// Piece buffers for reuse: a buffer comes back once the workers have dropped
+/// every chunk of it, so that reading a piece neither faults in fresh pages
+/// nor clears them first.
+#[derive(Default)]
+struct Pool(Vec<Arc<Vec<u8>>>);
+
+impl Pool {
+    /// The most buffers remembered: more than the pieces the job queue holds.
+    const MAX: usize = 8;
+
+    /// A buffer of `len` bytes, of arbitrary content.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let free = self.0.iter().position(|b| Arc::strong_count(b) == 1);
+        if let Some(i) = free {
+            if let Ok(mut buf) = Arc::try_unwrap(self.0.swap_remove(i)) {
+                buf.resize(len, 0);
+                return buf;
+            }
+        }
+        vec![0; len]
+    }
+
+    /// Remembers `piece`, to take its buffer back when the workers are done.
+    fn keep(&mut self, piece: &Arc<Vec<u8>>) {
+        if self.0.len() < Self::MAX {
+            self.0.push(Arc::clone(piece));
+        }
+    }
 }
 
 /// A worker: hashes, recognizes and compresses chunks until the jobs end.
@@ -182,7 +215,7 @@ fn work(
     jobs: &Mutex<mpsc::Receiver<Job>>,
     done: &mpsc::SyncSender<Result<Done>>,
     blobs: &Blobs,
-    known: &HashMap<Digest, ChunkRef>,
+    known: &HashMap<ContentDigest, ChunkRef>,
     level: i32,
 ) {
     let mut compressor = match zstd::bulk::Compressor::new(level) {
@@ -205,7 +238,7 @@ fn work(
         let outcome = if vdisk::io::is_zero(data) {
             Ok(Outcome::Zero)
         } else {
-            let content = Digest::of(data);
+            let content = ContentDigest::of(data);
             match known.get(&content) {
                 Some(c) => Ok(Outcome::Known(*c)),
                 None => compressor
@@ -249,7 +282,7 @@ fn collect(
         chunks: Vec::new(),
         map: Vec::new(),
     };
-    let mut numbers: HashMap<Digest, u32> = HashMap::new();
+    let mut numbers: HashMap<ContentDigest, u32> = HashMap::new();
     let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
     let mut next = 0u64;
     let (mut new_chunks, mut new_bytes, mut read) = (0u64, 0u64, 0u64);

@@ -1,4 +1,5 @@
-//! SHA-256 digests in the OCI form `sha256:<64 lowercase hex digits>`.
+//! Digests: SHA-256 in the OCI form `sha256:<64 lowercase hex digits>` for
+//! blobs, and [`ContentDigest`] for the content of chunks.
 
 use crate::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -120,6 +121,83 @@ impl Hasher {
     }
 }
 
+/// The digest of a chunk's content (uncompressed), as a disk index records it:
+/// `blake3:<64 hex digits>` for chunks vmhub stores now, `sha256:…` for chunks
+/// stored by earlier versions (still read and checked).
+///
+/// Chunks are recognised by their content before they are compressed, so a
+/// chunk the library already holds costs one hash and no compression. BLAKE3
+/// hashes about three times faster than SHA-256 with SHA-NI on the same core
+/// (BENCHMARKS.md, "Import"), and every byte imported is hashed this way;
+/// blobs keep SHA-256, which OCI requires.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ContentDigest {
+    /// BLAKE3, 256 bits.
+    Blake3([u8; 32]),
+    /// SHA-256.
+    Sha256([u8; 32]),
+}
+
+impl ContentDigest {
+    /// The digest vmhub gives `data` now (BLAKE3).
+    pub fn of(data: &[u8]) -> ContentDigest {
+        ContentDigest::Blake3(*blake3::hash(data).as_bytes())
+    }
+
+    /// Whether `data` has this digest, with this digest's algorithm.
+    pub fn matches(&self, data: &[u8]) -> bool {
+        match self {
+            ContentDigest::Blake3(d) => blake3::hash(data).as_bytes() == d,
+            ContentDigest::Sha256(d) => Digest::of(data).bytes() == d,
+        }
+    }
+}
+
+impl fmt::Display for ContentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContentDigest::Blake3(d) => write!(f, "blake3:{}", Digest(*d).hex()),
+            ContentDigest::Sha256(d) => fmt::Display::fmt(&Digest(*d), f),
+        }
+    }
+}
+
+impl fmt::Debug for ContentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for ContentDigest {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ContentDigest> {
+        if let Some(hex) = s.strip_prefix("blake3:") {
+            if let Some(d) = Digest::from_hex(hex) {
+                return Ok(ContentDigest::Blake3(d.0));
+            }
+        } else if let Ok(d) = s.parse::<Digest>() {
+            return Ok(ContentDigest::Sha256(d.0));
+        }
+        Err(Error::InvalidArgument(format!(
+            "{s:?}: not a content digest (expected blake3: or sha256: and 64 lowercase hex digits)"
+        )))
+    }
+}
+
+impl serde::Serialize for ContentDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ContentDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ContentDigest, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +215,29 @@ mod tests {
         h.update(b"a");
         h.update(b"bc");
         assert_eq!(h.finish(), d);
+    }
+
+    #[test]
+    fn content_digests_round_trip() {
+        let d = ContentDigest::of(b"abc");
+        let s = d.to_string();
+        // The BLAKE3 test vector for "abc".
+        assert_eq!(
+            s,
+            "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        assert_eq!(s.parse::<ContentDigest>().unwrap(), d);
+        assert!(d.matches(b"abc") && !d.matches(b"abd"));
+        let old: ContentDigest = Digest::of(b"abc").to_string().parse().unwrap();
+        assert_eq!(old, ContentDigest::Sha256(*Digest::of(b"abc").bytes()));
+        assert!(old.matches(b"abc") && !old.matches(b"ab"));
+        for bad in [
+            "blake3:",
+            "blake3:6437B3AC38465133FFB63B75273A8DB548C558465D79DB03FD359C6CD5BD9D85",
+            "blake2:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85",
+        ] {
+            assert!(bad.parse::<ContentDigest>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! One index per disk, stored as a JSON blob (media type
 //! [`DISK_INDEX_MEDIA_TYPE`]). `chunks` lists every distinct chunk once: the
 //! digest and size of its compressed blob, its length and the digest of its
-//! content once decompressed. `map` places chunks on the disk as
+//! content once decompressed ([`ContentDigest`]: BLAKE3, or SHA-256 in
+//! indexes written by earlier versions). `map` places chunks on the disk as
 //! `[offset, chunk number]` pairs in increasing offset order; everything no
 //! chunk covers reads as zeros (holes, and runs of zeros, are never stored).
 
-use crate::digest::Digest;
+use crate::digest::{ContentDigest, Digest};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +57,7 @@ pub struct ChunkRef {
     /// Length of the chunk's content in bytes.
     pub length: u32,
     /// Digest of the content.
-    pub content: Digest,
+    pub content: ContentDigest,
 }
 
 /// How to rebuild one disk.
@@ -179,7 +180,7 @@ mod tests {
             blob: Digest::of(&len.to_le_bytes()),
             size: u64::from(len) / 2,
             length: len,
-            content: Digest::of(b"x"),
+            content: ContentDigest::of(b"x"),
         }
     }
 

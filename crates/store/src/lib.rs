@@ -24,7 +24,7 @@ pub mod reference;
 pub mod trust;
 
 pub use chunkdisk::ChunkDisk;
-pub use digest::Digest;
+pub use digest::{ContentDigest, Digest};
 pub use error::{Error, Result};
 pub use library::Library;
 pub use reference::MachineRef;

@@ -425,7 +425,7 @@ impl Library {
 
     /// Chunks that the library's machines use and whose blobs are stored, by
     /// content digest.
-    fn known_chunks(&self) -> Result<HashMap<Digest, ChunkRef>> {
+    fn known_chunks(&self) -> Result<HashMap<crate::digest::ContentDigest, ChunkRef>> {
         let mut known = HashMap::new();
         let mut seen = HashSet::new();
         for d in self.read_index()?.manifests {

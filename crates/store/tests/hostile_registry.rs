@@ -911,7 +911,7 @@ fn a_decompression_bomb_is_refused_without_allocating_it() {
                 blob: Digest::of(&bomb),
                 size: bomb.len() as u64,
                 length: 512 << 10,
-                content: Digest::of(&vec![0u8; 512 << 10]),
+                content: store::ContentDigest::of(&vec![0u8; 512 << 10]),
             }],
             map: vec![(0, 0)],
         };
