@@ -378,6 +378,9 @@ impl Qcow2Disk {
             } else {
                 0
             };
+            // The table is changed below through its map entry, which must then
+            // be its only reference, or the change would copy it.
+            drop(table);
             let cluster = l2::decode(entry, cb, zero_flag);
             // Rewriting a cluster the image owns alone: in place.
             if let Cluster::Normal { host, copied: true } = cluster {
