@@ -71,7 +71,11 @@ const WRITES: [&str; 4] = [
 #[test]
 fn reads_monolithic_sparse() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in [None, Some("subformat=monolithicSparse")] {
+    for sub in [
+        None,
+        Some("subformat=monolithicSparse"),
+        Some("zeroed_grain=on"),
+    ] {
         let img = dir.path().join("m.vmdk");
         let mut args = vec!["create", "-q", "-f", "vmdk"];
         if let Some(o) = sub {
@@ -88,6 +92,12 @@ fn reads_monolithic_sparse() {
         assert!(map.iter().any(|e| e.kind == ExtentKind::Unallocated
             && e.offset <= 7 << 20
             && e.end() >= 8 << 20));
+        if sub == Some("zeroed_grain=on") {
+            // qemu stores the zeroed range as zero grains (entry 1).
+            let zero = d.map(5 << 20, 128 << 10).unwrap();
+            assert_eq!(zero.len(), 1, "{zero:?}");
+            assert_eq!(zero[0].kind, ExtentKind::Zero);
+        }
         let json = info_json(&img);
         assert!(
             json.contains("\"create-type\":\"monolithicSparse\""),

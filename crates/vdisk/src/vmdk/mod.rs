@@ -447,11 +447,7 @@ impl Disk for VmdkDisk {
         for p in &self.parts {
             let (grain_size, compressed) = match &p.store {
                 Store::Sparse(x) => {
-                    for g in 0..p.len.div_ceil(x.grain) {
-                        if let Grain::At(_) = x.grain(g)? {
-                            allocated += x.grain.min(p.len - g * x.grain);
-                        }
-                    }
+                    allocated += x.allocated_bytes(p.len)?;
                     if x.path != self.path {
                         host += host_allocated(&x.file, &x.path)?;
                     }

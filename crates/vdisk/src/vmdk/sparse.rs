@@ -10,8 +10,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Grain tables kept in memory per extent at most; past that the cache starts over.
-const MAX_CACHED_GTS: usize = 4096;
+/// Grain-table entries kept in memory per extent at most (16 MiB); past that
+/// the cache starts over.
+const MAX_CACHED_ENTRIES: usize = 4 << 20;
 
 /// Where a grain is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +180,7 @@ impl SparseExtent {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let mut cache = self.gts.lock().map_err(|_| self.poisoned())?;
-        if cache.len() >= MAX_CACHED_GTS {
+        if (cache.len() + 1) * gt.len() > MAX_CACHED_ENTRIES {
             cache.clear();
         }
         cache.insert(i, gt.clone());
@@ -306,6 +307,25 @@ impl SparseExtent {
         let out = Arc::new(out);
         *self.last.lock().map_err(|_| self.poisoned())? = Some((at, out.clone()));
         Ok(out)
+    }
+
+    /// Bytes of the first `len` bytes of the extent that grains hold (not
+    /// zero grains), counted a grain table at a time.
+    pub fn allocated_bytes(&self, len: u64) -> Result<u64> {
+        let per = u64::from(self.header.gtes_per_gt);
+        let mut total = 0;
+        for i in 0..self.gd.len() {
+            let Some(gt) = self.grain_table(i)? else {
+                continue;
+            };
+            for (j, &e) in gt.iter().enumerate() {
+                let start = (i as u64 * per + j as u64) * self.grain;
+                if e > GTE_ZERO && start < len {
+                    total += self.grain.min(len - start);
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Makes the extent file durable.
