@@ -11,6 +11,7 @@ mod inspect;
 mod library;
 mod nbd;
 mod run;
+mod serve;
 mod size;
 mod transfer;
 
@@ -73,6 +74,9 @@ enum Command {
     /// Signing keys: this computer's, and the ones pulls trust.
     #[command(subcommand)]
     Key(transfer::KeyCommand),
+    /// Run the hub: an OCI distribution registry that any OCI client can
+    /// push machines to and pull them from.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,5 +99,6 @@ fn main() -> ExitCode {
         Command::Login(a) => transfer::login(a),
         Command::Logout(a) => transfer::logout(a),
         Command::Key(c) => transfer::key(c),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -1,0 +1,301 @@
+//! `vmhub serve` against real clients: vmhub's own push and pull, skopeo
+//! copying an OCI layout in and out, and PyPI's oras. Each test starts the
+//! binary on a free 127.0.0.1 port and stops it with SIGTERM.
+
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The settings folder every vmhub run of these tests uses: its own signing
+/// key, made once.
+fn settings() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
+            .args(["key", "generate"])
+            .env("VMHUB_CONFIG", d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        VMHUB_ENV
+            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
+            .unwrap();
+        d
+    });
+    dir.path()
+}
+
+/// `vmhub serve` on a free port.
+struct Hub {
+    child: Option<Child>,
+    addr: String,
+}
+
+impl Hub {
+    fn start(data: &Path) -> Hub {
+        settings();
+        let mut child = vmhub_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data", p(data)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Hub {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// Stops the hub with SIGTERM; it must exit cleanly.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        terminate(&child);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "vmhub serve ended with {status}");
+    }
+}
+
+fn terminate(child: &Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&c);
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status line and the headers.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A raw disk of `size` bytes with seeded data in a few places.
+fn make_disk(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut image = vec![0u8; size];
+    for i in 0..size / (1 << 20) {
+        if i % 3 != 1 {
+            let at = i << 20;
+            rng.fill(&mut image[at..at + (1 << 20)]);
+        }
+    }
+    std::fs::write(path, &image).unwrap();
+    image
+}
+
+fn assert_exports(home: &Path, r: &str, image: &[u8]) {
+    let out = home.with_extension(format!("{}.raw", r.replace(['/', ':'], "_")));
+    vmhub_ok(["export", r, p(&out), "--home", p(home), "--force"]);
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "{r}: exported disk differs"
+    );
+    std::fs::remove_file(out).unwrap();
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(out)))
+}
+
+#[test]
+fn serve_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    let answer = http_get(&hub.addr, "/v2/");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("docker-distribution-api-version: registry/2.0"),
+        "{answer}"
+    );
+    let bad = http_get(&hub.addr, "/v2/UPPER/tags/list");
+    assert!(
+        bad.contains(" 400 ") && bad.contains("NAME_INVALID"),
+        "{bad}"
+    );
+    hub.stop();
+    assert!(dir.path().join("data/hub.db").exists());
+}
+
+#[test]
+fn vmhub_push_and_pull_through_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    let disk = dir.path().join("disk.raw");
+    let image = make_disk(&disk, 8 << 20, 1);
+    let lib1 = dir.path().join("lib1");
+    let lib2 = dir.path().join("lib2");
+    vmhub_ok(["import", p(&disk), "acme/box:1", "--home", p(&lib1)]);
+    let remote = format!("{}/acme/box:1", hub.addr);
+    let pushed = json_of(&vmhub_ok([
+        "push",
+        "acme/box:1",
+        &remote,
+        "--home",
+        p(&lib1),
+        "--output",
+        "json",
+    ]));
+    assert!(u64_field(&pushed, "uploaded") > 2, "{pushed}");
+    let pulled = json_of(&vmhub_ok([
+        "pull",
+        &remote,
+        "--home",
+        p(&lib2),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(pulled["manifest"], pushed["manifest"]);
+    assert_exports(&lib2, "acme/box:1", &image);
+
+    // Again: nothing to upload.
+    let again = json_of(&vmhub_ok([
+        "push",
+        "acme/box:1",
+        &remote,
+        "--home",
+        p(&lib1),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(u64_field(&again, "uploaded"), 0, "{again}");
+
+    // The hub keeps what it holds across a restart.
+    hub.stop();
+    let hub = Hub::start(&dir.path().join("data"));
+    let lib3 = dir.path().join("lib3");
+    vmhub_ok([
+        "pull",
+        &format!("{}/acme/box:1", hub.addr),
+        "--home",
+        p(&lib3),
+    ]);
+    assert_exports(&lib3, "acme/box:1", &image);
+    hub.stop();
+}
+
+#[test]
+fn skopeo_copies_an_oci_layout_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    let disk = dir.path().join("disk.raw");
+    let image = make_disk(&disk, 6 << 20, 2);
+    let lib1 = dir.path().join("lib1");
+    vmhub_ok(["import", p(&disk), "m:1", "--home", p(&lib1)]);
+    // The library folder is an OCI layout.
+    let dest = format!("docker://{}/mirror/m:1", hub.addr);
+    peer_ok(
+        "skopeo",
+        [
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:m:1", p(&lib1)),
+            &dest,
+        ],
+    );
+    let out = dir.path().join("out");
+    peer_ok(
+        "skopeo",
+        [
+            "copy",
+            "--src-tls-verify=false",
+            &dest,
+            &format!("oci:{}:m:1", p(&out)),
+        ],
+    );
+    let local = peer_ok(
+        "skopeo",
+        ["inspect", "--raw", &format!("oci:{}:m:1", p(&lib1))],
+    );
+    let remote = peer_ok("skopeo", ["inspect", "--raw", "--tls-verify=false", &dest]);
+    let back = peer_ok(
+        "skopeo",
+        ["inspect", "--raw", &format!("oci:{}:m:1", p(&out))],
+    );
+    assert_eq!(local.stdout, remote.stdout);
+    assert_eq!(local.stdout, back.stdout);
+    // Every blob came back byte for byte.
+    let manifest: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+    for l in manifest["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_string());
+    }
+    for d in digests {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        assert_eq!(
+            std::fs::read(out.join("blobs/sha256").join(hex)).unwrap(),
+            std::fs::read(lib1.join("blobs/sha256").join(hex)).unwrap(),
+            "{d}"
+        );
+    }
+    // And vmhub pulls what skopeo pushed (a layout carries no signature).
+    let lib2 = dir.path().join("lib2");
+    vmhub_ok([
+        "pull",
+        &format!("{}/mirror/m:1", hub.addr),
+        "--home",
+        p(&lib2),
+        "--insecure-skip-verify",
+    ]);
+    assert_exports(&lib2, "mirror/m:1", &image);
+    hub.stop();
+}
+
+#[test]
+fn oras_pushes_and_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    // scripts/deps.sh installs oras into this virtual environment.
+    let venv = std::env::var("VMHUB_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/vmhub-ci/venv", std::env::var("HOME").unwrap()));
+    let python = format!("{venv}/bin/python");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut rng = Rng::new(3);
+    let mut content = vec![0u8; 300_000];
+    rng.fill(&mut content);
+    std::fs::write(files.join("payload.bin"), &content).unwrap();
+    let pulled = dir.path().join("pulled");
+    let script = format!(
+        "import os, oras.provider\n\
+         r = oras.provider.Registry(hostname='{addr}', insecure=True)\n\
+         os.chdir('{files}')\n\
+         r.push(target='{addr}/art/payload:v1', files=['payload.bin'])\n\
+         r.pull(target='{addr}/art/payload:v1', outdir='{pulled}')\n",
+        addr = hub.addr,
+        files = p(&files),
+        pulled = p(&pulled),
+    );
+    peer_ok(&python, ["-c", &script]);
+    assert!(std::fs::read(pulled.join("payload.bin")).unwrap() == content);
+    hub.stop();
+}

@@ -1,0 +1,344 @@
+//! The registry's metadata: which repository holds which blobs, manifests
+//! and tags, and the uploads in progress. [`Metadata`] is what the registry
+//! needs; [`SqlMetadata`] keeps it in SQL that SQLite and PostgreSQL both
+//! accept (`$n` parameters, `ON CONFLICT`, plain types), through sqlx's
+//! driver-neutral pool. Every query of the hub is in this file.
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::path::Path;
+
+/// A database failure.
+pub type DbError = sqlx::Error;
+type Result<T> = std::result::Result<T, DbError>;
+
+/// A stored manifest's facts.
+#[derive(Debug, Clone)]
+pub struct ManifestRow {
+    /// Its digest (`sha256:...`).
+    pub digest: String,
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: i64,
+    /// Its artifact type (the `artifactType` field, else the config's media type).
+    pub artifact_type: Option<String>,
+    /// The digest its `subject` names.
+    pub subject: Option<String>,
+    /// Its annotations, as JSON text.
+    pub annotations: Option<String>,
+}
+
+/// An upload in progress.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    /// The repository it is for.
+    pub repo: String,
+    /// How many bytes it holds.
+    pub offset: u64,
+}
+
+/// What the registry needs of its metadata store.
+#[async_trait]
+pub trait Metadata: Send + Sync {
+    /// The size of blob `digest` if repository `repo` holds it.
+    async fn repo_blob(&self, repo: &str, digest: &str) -> Result<Option<u64>>;
+    /// Records that `repo` holds blob `digest` of `size` bytes.
+    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<()>;
+    /// Removes blob `digest` from `repo`; false if it was not there.
+    async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool>;
+    /// Records a new upload.
+    async fn create_upload(&self, id: &str, repo: &str) -> Result<()>;
+    /// An upload in progress.
+    async fn upload(&self, id: &str) -> Result<Option<UploadRow>>;
+    /// Records that upload `id` now holds `offset` bytes.
+    async fn set_upload_offset(&self, id: &str, offset: u64) -> Result<()>;
+    /// Forgets upload `id`.
+    async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Stores a manifest in `repo`, and points `tag` at it when given.
+    async fn put_manifest(&self, repo: &str, m: &ManifestRow, tag: Option<&str>) -> Result<()>;
+    /// A manifest of `repo` by digest.
+    async fn manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>>;
+    /// The digest tag `tag` of `repo` points at.
+    async fn tag(&self, repo: &str, tag: &str) -> Result<Option<String>>;
+    /// Removes a manifest and the tags pointing at it; false if absent.
+    async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<bool>;
+    /// Removes a tag; false if absent.
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    /// Every tag of `repo`, in no particular order.
+    async fn tags(&self, repo: &str) -> Result<Vec<String>>;
+    /// Whether `repo` holds anything at all.
+    async fn repo_exists(&self, repo: &str) -> Result<bool>;
+    /// The manifests of `repo` whose subject is `digest`.
+    async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<ManifestRow>>;
+}
+
+/// Metadata in an SQL database.
+pub struct SqlMetadata {
+    pool: AnyPool,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS repo_blobs (
+        repo TEXT NOT NULL, digest TEXT NOT NULL, size BIGINT NOT NULL,
+        PRIMARY KEY (repo, digest))",
+    "CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY, repo TEXT NOT NULL, size BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS manifests (
+        repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,
+        size BIGINT NOT NULL, artifact_type TEXT, subject TEXT, annotations TEXT,
+        PRIMARY KEY (repo, digest))",
+    "CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject)",
+    "CREATE TABLE IF NOT EXISTS tags (
+        repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,
+        PRIMARY KEY (repo, tag))",
+];
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
+    Ok(ManifestRow {
+        digest: r.try_get("digest")?,
+        media_type: r.try_get("media_type")?,
+        size: r.try_get("size")?,
+        artifact_type: r.try_get("artifact_type")?,
+        subject: r.try_get("subject")?,
+        annotations: r.try_get("annotations")?,
+    })
+}
+
+impl SqlMetadata {
+    /// Opens (creating if needed) the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<SqlMetadata> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let m = SqlMetadata::connect(&url).await?;
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&m.pool)
+            .await?;
+        Ok(m)
+    }
+
+    /// Connects to the database at `url` and creates the tables.
+    pub async fn connect(url: &str) -> Result<SqlMetadata> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Writers wait for each other rather than fail.
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await?;
+        }
+        Ok(SqlMetadata { pool })
+    }
+}
+
+#[async_trait]
+impl Metadata for SqlMetadata {
+    async fn repo_blob(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM repo_blobs WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<i64, _>("size").map(to_u64))
+            .transpose()
+    }
+
+    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo, digest, size) VALUES ($1, $2, $3)
+             ON CONFLICT (repo, digest) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(digest)
+        .bind(to_i64(size))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM repo_blobs WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn create_upload(&self, id: &str, repo: &str) -> Result<()> {
+        sqlx::query("INSERT INTO uploads (id, repo, size) VALUES ($1, $2, 0)")
+            .bind(id)
+            .bind(repo)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str) -> Result<Option<UploadRow>> {
+        let row = sqlx::query("SELECT repo, size FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UploadRow {
+                repo: r.try_get("repo")?,
+                offset: to_u64(r.try_get("size")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_upload_offset(&self, id: &str, offset: u64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET size = $1 WHERE id = $2")
+            .bind(to_i64(offset))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_manifest(&self, repo: &str, m: &ManifestRow, tag: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO manifests
+               (repo, digest, media_type, size, artifact_type, subject, annotations)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type",
+        )
+        .bind(repo)
+        .bind(&m.digest)
+        .bind(&m.media_type)
+        .bind(m.size)
+        .bind(m.artifact_type.clone())
+        .bind(m.subject.clone())
+        .bind(m.annotations.clone())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(tag) = tag {
+            sqlx::query(
+                "INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3)
+                 ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest",
+            )
+            .bind(repo)
+            .bind(tag)
+            .bind(&m.digest)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>> {
+        let row = sqlx::query(
+            "SELECT digest, media_type, size, artifact_type, subject, annotations
+             FROM manifests WHERE repo = $1 AND digest = $2",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(manifest_row).transpose()
+    }
+
+    async fn tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT digest FROM tags WHERE repo = $1 AND tag = $2")
+            .bind(repo)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("digest")).transpose()
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM tags WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM tags WHERE repo = $1 AND tag = $2")
+            .bind(repo)
+            .bind(tag)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT tag FROM tags WHERE repo = $1")
+            .bind(repo)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get("tag")).collect()
+    }
+
+    async fn repo_exists(&self, repo: &str) -> Result<bool> {
+        for q in [
+            "SELECT 1 AS one FROM manifests WHERE repo = $1 LIMIT 1",
+            "SELECT 1 AS one FROM repo_blobs WHERE repo = $1 LIMIT 1",
+        ] {
+            if sqlx::query(q)
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<ManifestRow>> {
+        let rows = sqlx::query(
+            "SELECT digest, media_type, size, artifact_type, subject, annotations
+             FROM manifests WHERE repo = $1 AND subject = $2",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(manifest_row).collect()
+    }
+}

@@ -1,0 +1,194 @@
+//! Where blob bytes live. [`BlobStore`] is what the registry needs of a
+//! storage backend; [`LocalStore`] keeps them in a folder:
+//! `blobs/sha256/xx/<hex>` for finished blobs (content addressed, shared by
+//! every repository) and `uploads/<id>` for uploads in progress, so that a
+//! blob is visible only once renamed into place after its digest checked.
+
+use crate::digest::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// A stream of a blob's bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// What the registry needs of the place blob bytes are kept.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// The size of blob `d`, if stored.
+    async fn size(&self, d: &Digest) -> io::Result<Option<u64>>;
+    /// `len` bytes of blob `d` from byte `offset` on.
+    async fn read(&self, d: &Digest, offset: u64, len: u64) -> io::Result<ByteStream>;
+    /// The whole of a small blob (a manifest), at most `max` bytes.
+    async fn read_small(&self, d: &Digest, max: u64) -> io::Result<Vec<u8>>;
+    /// Stores a small blob whose digest the caller has checked.
+    async fn put_small(&self, d: &Digest, data: Bytes) -> io::Result<()>;
+    /// Starts an empty upload `id`.
+    async fn upload_create(&self, id: &str) -> io::Result<()>;
+    /// Opens upload `id` for appending at `offset`; bytes past `offset` left by
+    /// an interrupted request are dropped.
+    async fn upload_writer(&self, id: &str, offset: u64) -> io::Result<Box<dyn UploadWriter>>;
+    /// The first `len` bytes of upload `id` (to rebuild its digest after a restart).
+    async fn upload_read(&self, id: &str, len: u64) -> io::Result<ByteStream>;
+    /// Makes upload `id` blob `d`; the caller has checked the digest.
+    async fn upload_commit(&self, id: &str, d: &Digest) -> io::Result<()>;
+    /// Forgets upload `id`.
+    async fn upload_delete(&self, id: &str) -> io::Result<()>;
+}
+
+/// Appends to an upload.
+#[async_trait]
+pub trait UploadWriter: Send {
+    /// Appends `data`.
+    async fn write(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes everything written durable.
+    async fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Blobs in a local folder.
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store in `root`, created if missing.
+    pub async fn open(root: &Path) -> io::Result<LocalStore> {
+        tokio::fs::create_dir_all(root.join("blobs/sha256")).await?;
+        tokio::fs::create_dir_all(root.join("uploads")).await?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        let fan = hex.get(..2).unwrap_or("00").to_string();
+        self.root.join("blobs/sha256").join(fan).join(hex)
+    }
+
+    /// Upload ids are made by the hub (hex), and checked again here so that
+    /// no id can name a path outside the uploads folder.
+    fn upload_path(&self, id: &str) -> io::Result<PathBuf> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad upload id"));
+        }
+        Ok(self.root.join("uploads").join(id))
+    }
+
+    async fn sync_dir(dir: &Path) -> io::Result<()> {
+        tokio::fs::File::open(dir).await?.sync_all().await
+    }
+}
+
+fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
+    Box::pin(tokio_util::io::ReaderStream::with_capacity(
+        file.take(len),
+        256 * 1024,
+    ))
+}
+
+#[async_trait]
+impl BlobStore for LocalStore {
+    async fn size(&self, d: &Digest) -> io::Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(d)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read(&self, d: &Digest, offset: u64, len: u64) -> io::Result<ByteStream> {
+        let mut f = tokio::fs::File::open(self.blob_path(d)).await?;
+        f.seek(io::SeekFrom::Start(offset)).await?;
+        Ok(file_stream(f, len))
+    }
+
+    async fn read_small(&self, d: &Digest, max: u64) -> io::Result<Vec<u8>> {
+        let f = tokio::fs::File::open(self.blob_path(d)).await?;
+        let mut out = Vec::new();
+        f.take(max).read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn put_small(&self, d: &Digest, data: Bytes) -> io::Result<()> {
+        let path = self.blob_path(d);
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(());
+        }
+        let id = crate::random_id()?;
+        let tmp = self.upload_path(&id)?;
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(&data).await?;
+        f.sync_all().await?;
+        drop(f);
+        self.place(&tmp, &path).await
+    }
+
+    async fn upload_create(&self, id: &str) -> io::Result<()> {
+        let f = tokio::fs::File::create(self.upload_path(id)?).await?;
+        f.sync_all().await?;
+        Self::sync_dir(&self.root.join("uploads")).await
+    }
+
+    async fn upload_writer(&self, id: &str, offset: u64) -> io::Result<Box<dyn UploadWriter>> {
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(self.upload_path(id)?)
+            .await?;
+        f.set_len(offset).await?;
+        f.seek(io::SeekFrom::Start(offset)).await?;
+        Ok(Box::new(LocalWriter {
+            file: tokio::io::BufWriter::with_capacity(256 * 1024, f),
+        }))
+    }
+
+    async fn upload_read(&self, id: &str, len: u64) -> io::Result<ByteStream> {
+        let f = tokio::fs::File::open(self.upload_path(id)?).await?;
+        Ok(file_stream(f, len))
+    }
+
+    async fn upload_commit(&self, id: &str, d: &Digest) -> io::Result<()> {
+        let from = self.upload_path(id)?;
+        self.place(&from, &self.blob_path(d)).await
+    }
+
+    async fn upload_delete(&self, id: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.upload_path(id)?).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LocalStore {
+    /// Renames a synced file into its place among the blobs and syncs the
+    /// folder, so the blob appears whole or not at all.
+    async fn place(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let dir = to
+            .parent()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "blob path"))?;
+        tokio::fs::create_dir_all(dir).await?;
+        tokio::fs::rename(from, to).await?;
+        Self::sync_dir(dir).await
+    }
+}
+
+struct LocalWriter {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+}
+
+#[async_trait]
+impl UploadWriter for LocalWriter {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data).await
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.file.flush().await?;
+        self.file.get_ref().sync_all().await
+    }
+}
