@@ -1,0 +1,704 @@
+//! VHDX against QEMU both ways: images qemu-img makes and qemu-io writes read
+//! byte for byte as qemu reads them; what vmhub creates and writes passes
+//! `qemu-img check` and compares equal; dirty logs replay; differencing
+//! chains read through their parents.
+
+mod common;
+
+use common::run;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vdisk::vhdx::fields::{crc32c_skip, guid_text};
+use vdisk::vhdx::header::{Header, RegionTable, BAT_REGION, HEADER_OFFSETS, REGION_OFFSETS};
+use vdisk::vhdx::{bat, log};
+use vdisk::{CreateOptions, Disk, ExtentKind, Format, FormatDetails, ImageType, OpenOptions};
+
+fn qemu_io(path: &Path, cmds: &[String]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "vhdx"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    run(c.arg(path));
+}
+
+/// What qemu-img reads from the VHDX `img`.
+fn qemu_read(img: &Path) -> Vec<u8> {
+    let raw = img.with_extension("qemu.raw");
+    let _ = std::fs::remove_file(&raw);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "vhdx", "-O", "raw"])
+        .arg(img)
+        .arg(&raw));
+    let v = std::fs::read(&raw).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    v
+}
+
+/// What vmhub reads from `img`, in uneven pieces.
+fn vmhub_read(img: &Path) -> Vec<u8> {
+    let d = vdisk::open(img, OpenOptions::default()).unwrap();
+    read_all(&*d)
+}
+
+fn read_all(d: &dyn Disk) -> Vec<u8> {
+    let size = d.virtual_size();
+    let mut out = vec![0u8; size as usize];
+    let mut pos = 0u64;
+    let step = 3 << 20 | 1536;
+    while pos < size {
+        let n = step.min(size - pos);
+        d.read_at(&mut out[pos as usize..(pos + n) as usize], pos)
+            .unwrap();
+        pos += n;
+    }
+    out
+}
+
+fn qemu_check(img: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "vhdx"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img check {}: {}{}",
+        img.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_compare(img: &Path, raw: &Path) {
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "vhdx", "-F", "raw"])
+        .arg(img)
+        .arg(raw));
+}
+
+/// Offsets spread over a disk of `size`, with odd alignments, and a pattern byte each.
+fn scattered(size: u64) -> Vec<(u64, u64, u8)> {
+    let mut v = Vec::new();
+    let picks = [
+        0u64,
+        4096,
+        1 << 20,
+        (1 << 20) - 512,
+        5 << 20,
+        33 << 20,
+        40 << 20,
+    ];
+    for (i, &p) in picks.iter().enumerate() {
+        if p + 8192 <= size {
+            v.push((p, 8192 + (i as u64 % 3) * 512, 0x11 + i as u8));
+        }
+    }
+    v.push((size - 1024, 1024, 0xEE));
+    v.push((size / 2 / 512 * 512, 70_000 / 512 * 512, 0x5A));
+    v
+}
+
+fn apply(content: &mut [u8], writes: &[(u64, u64, u8)]) {
+    for &(o, l, p) in writes {
+        content[o as usize..(o + l) as usize].fill(p);
+    }
+}
+
+fn info_of(d: &dyn Disk) -> vdisk::vhdx::VhdxInfo {
+    match d.info().unwrap().details {
+        Some(FormatDetails::Vhdx(v)) => v,
+        other => panic!("no VHDX details: {other:?}"),
+    }
+}
+
+#[test]
+fn qemu_images_read_as_qemu_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str, u64)] = &[
+        ("dynamic", "1M", "1M", 10 << 20),
+        ("dynamic", "1M", "8M", (50 << 20) + 3 * 512),
+        ("dynamic", "32M", "1M", 45 << 20),
+        ("dynamic", "256M", "1M", (20 << 20) + 512),
+        ("fixed", "1M", "1M", (6 << 20) + 1024),
+        ("fixed", "32M", "8M", 40 << 20),
+    ];
+    for (i, &(sub, bs, log, size)) in cases.iter().enumerate() {
+        let img = dir.path().join(format!("q{i}.vhdx"));
+        let opts = format!("subformat={sub},block_size={bs},log_size={log}");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vhdx", "-o", &opts])
+            .arg(&img)
+            .arg(size.to_string()));
+        let writes = scattered(size);
+        let cmds: Vec<String> = writes
+            .iter()
+            .map(|(o, l, p)| format!("write -P {p} {o} {l}"))
+            .collect();
+        qemu_io(&img, &cmds);
+        let ours = vmhub_read(&img);
+        let theirs = qemu_read(&img);
+        assert_eq!(ours.len(), theirs.len(), "{opts} size");
+        assert!(ours == theirs, "{opts}: contents differ");
+        let mut expect = vec![0u8; size as usize];
+        apply(&mut expect, &writes);
+        assert!(ours == expect, "{opts}: not the written pattern");
+
+        let d = vdisk::open(&img, OpenOptions::default()).unwrap();
+        let v = info_of(&*d);
+        assert_eq!(
+            v.block_size,
+            bs.trim_end_matches('M').parse::<u64>().unwrap() << 20
+        );
+        assert_eq!(v.logical_sector_size, 512);
+        assert_eq!(
+            u64::from(v.log_length),
+            log.trim_end_matches('M').parse::<u64>().unwrap() << 20
+        );
+        assert_eq!(v.log_state, "clean");
+        let r = vdisk::check(&img).unwrap();
+        assert!(r.clean, "{opts}: {:?}", r.problems);
+        // Every written byte is inside a data extent; for 1 MiB blocks a block
+        // qemu never wrote is not data.
+        let map = d.map(0, size).unwrap();
+        assert_eq!(map.iter().map(|e| e.length).sum::<u64>(), size);
+        for &(o, l, _) in &writes {
+            assert!(
+                map.iter()
+                    .any(|e| e.kind == ExtentKind::Data && e.offset <= o && e.end() >= o + l),
+                "{opts}: write at {o} not in a data extent: {map:?}"
+            );
+        }
+        if bs == "1M" {
+            let hole = 2u64 << 20;
+            assert!(
+                map.iter().any(|e| e.kind != ExtentKind::Data
+                    && e.offset <= hole
+                    && e.end() >= hole + (1 << 20)),
+                "{opts}: block 2 should be unallocated: {map:?}"
+            );
+        }
+        // vmhub's sparse convert gives qemu's bytes.
+        let raw = dir.path().join(format!("q{i}.raw"));
+        let raw_opts = CreateOptions {
+            format: Format::Raw,
+            ..Default::default()
+        };
+        vdisk::ops::convert::convert(&*d, &raw, &raw_opts, false, &mut |_, _| {}).unwrap();
+        assert!(std::fs::read(&raw).unwrap() == theirs, "{opts}: convert");
+    }
+}
+
+/// The current header of the VHDX file `b`, its slot, and the BAT's offset.
+fn layout(b: &[u8]) -> (Header, usize, u64) {
+    let hs: Vec<Option<Header>> = HEADER_OFFSETS
+        .iter()
+        .map(|&o| Header::decode(&b[o as usize..o as usize + 4096]).ok())
+        .collect();
+    let slot = match (&hs[0], &hs[1]) {
+        (Some(a), Some(b)) if b.sequence > a.sequence => 1,
+        (Some(_), _) => 0,
+        _ => 1,
+    };
+    let t = RegionTable::decode(&b[REGION_OFFSETS[0] as usize..][..64 << 10]).unwrap();
+    (
+        hs[slot].clone().unwrap(),
+        slot,
+        t.find(&BAT_REGION).unwrap().offset,
+    )
+}
+
+fn u64_at(b: &[u8], at: u64) -> u64 {
+    u64::from_le_bytes(b[at as usize..at as usize + 8].try_into().unwrap())
+}
+
+/// Writes `h` with the next sequence number over the other header of `b`.
+fn put_header(b: &mut [u8], slot: usize, mut h: Header) {
+    h.sequence += 1;
+    let o = HEADER_OFFSETS[1 - slot] as usize;
+    b[o..o + 4096].copy_from_slice(&h.encode());
+}
+
+fn file_sha(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn a_dirty_log_is_replayed_in_memory_read_only_and_into_the_file_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("dirty.vhdx");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&img)
+        .arg("8M"));
+    qemu_io(
+        &img,
+        &["write -P 0x11 0 1M".into(), "write -P 0x22 1M 4k".into()],
+    );
+    let mut b = std::fs::read(&img).unwrap();
+    let (h, slot, bat_off) = layout(&b);
+    let block0 = u64_at(&b, bat_off);
+    assert_eq!(bat::state(block0), bat::FULLY_PRESENT);
+    // One entry: block 3 goes to a new block past the end of the file (the
+    // entry's LastFileOffset grows the file), 4 KiB of it and 4 KiB of block 0
+    // get data.
+    let len = b.len() as u64;
+    assert_eq!(len % (1 << 20), 0);
+    let mut bat_sector = b[bat_off as usize..bat_off as usize + 4096].to_vec();
+    bat_sector[24..32].copy_from_slice(&bat::entry(bat::FULLY_PRESENT, len).to_le_bytes());
+    let mut data = vec![0x77u8; 4096];
+    data[..8].copy_from_slice(b"LEADING!");
+    data[4092..].copy_from_slice(b"TAIL");
+    let mut data2 = vec![0x78u8; 4096];
+    data2[..8].copy_from_slice(b"leading!");
+    let guid = [0x5Au8; 16];
+    let writes = [
+        (bat_off, bat_sector),
+        (bat::offset(block0) + 8192, data.clone()),
+        // The block's last 4 KiB: qemu's replay does not grow the file to
+        // LastFileOffset, only as far as it writes.
+        (len + (1 << 20) - 4096, data2.clone()),
+    ];
+    let entry = log::encode_entry(10, 0, &guid, len, len + (1 << 20), &writes);
+    let lo = h.log_offset as usize;
+    b[lo..lo + entry.len()].copy_from_slice(&entry);
+    let mut dirty = h.clone();
+    dirty.log_guid = guid;
+    put_header(&mut b, slot, dirty);
+    std::fs::write(&img, &b).unwrap();
+    let copy = dir.path().join("copy.vhdx");
+    std::fs::copy(&img, &copy).unwrap();
+
+    let mut expect = vec![0u8; 8 << 20];
+    expect[..1 << 20].fill(0x11);
+    expect[8192..12288].copy_from_slice(&data);
+    expect[1 << 20..(1 << 20) + 4096].fill(0x22);
+    expect[(4 << 20) - 4096..4 << 20].copy_from_slice(&data2);
+
+    // Read-only: the replayed content, the file untouched.
+    let before = file_sha(&img);
+    let d = vdisk::open(&img, OpenOptions::default()).unwrap();
+    assert!(read_all(&*d) == expect, "read-only replay");
+    let v = info_of(&*d);
+    assert_eq!(
+        (v.log_state, v.log_entries_replayed),
+        ("replayed in memory", 1)
+    );
+    drop(d);
+    assert!(
+        file_sha(&img) == before,
+        "a read-only open changed the file"
+    );
+    let r = vdisk::check(&img).unwrap();
+    assert!(r.clean, "{:?}", r.problems);
+    assert!(r.notes.iter().any(|n| n.contains("log")), "{:?}", r.notes);
+
+    // qemu refuses to read a dirty log read-only, and replays it on a
+    // writable open: it then reads what vmhub read.
+    let out = Command::new("qemu-img")
+        .args(["convert", "-f", "vhdx", "-O", "raw"])
+        .arg(&copy)
+        .arg(dir.path().join("x.raw"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "qemu-img read a dirty log read-only");
+    qemu_io(&copy, &["read 0 512".into()]);
+    assert!(qemu_read(&copy) == expect, "qemu's replay differs");
+
+    // Writable: replayed into the file and the header cleared; qemu agrees.
+    let d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+    assert_eq!(info_of(&*d).log_state, "replayed");
+    drop(d);
+    let (h2, _, _) = layout(&std::fs::read(&img).unwrap());
+    assert_eq!(h2.log_guid, [0; 16]);
+    assert!(h2.sequence > h.sequence);
+    qemu_check(&img);
+    assert!(qemu_read(&img) == expect, "after vmhub's replay");
+}
+
+/// A raw file holding `content`, for qemu-img compare.
+fn raw_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn vhdx_opts(kind: ImageType, block: Option<u64>) -> CreateOptions {
+    CreateOptions {
+        format: Format::Vhdx,
+        image_type: kind,
+        block_size: block,
+        compat_vpc: false,
+    }
+}
+
+fn write_pattern(d: &mut dyn Disk, writes: &[(u64, u64, u8)]) {
+    for &(o, l, p) in writes {
+        d.write_at(&vec![p; l as usize], o).unwrap();
+    }
+}
+
+#[test]
+fn created_images_pass_qemu_check_and_compare_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (ImageType::Dynamic, None, (70 << 20) + 512),
+        (ImageType::Dynamic, Some(1 << 20), 12 << 20),
+        (ImageType::Fixed, Some(1 << 20), (5 << 20) + 3072),
+        (ImageType::Fixed, None, 40 << 20),
+    ];
+    for (i, (kind, block, size)) in cases.into_iter().enumerate() {
+        let img = dir.path().join(format!("c{i}.vhdx"));
+        let notes = vdisk::create(&img, size, &vhdx_opts(kind, block), false).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        qemu_check(&img);
+        let raw0 = raw_file(dir.path(), "zero.raw", &vec![0u8; size as usize]);
+        qemu_compare(&img, &raw0);
+        {
+            let d = vdisk::open(&img, OpenOptions::default()).unwrap();
+            let v = info_of(&*d);
+            assert_eq!(v.block_size, block.unwrap_or(32 << 20));
+            assert_eq!((v.logical_sector_size, v.physical_sector_size), (512, 4096));
+            assert_eq!(v.log_length, 1 << 20);
+            assert_eq!(
+                v.kind,
+                if kind == ImageType::Fixed {
+                    "fixed"
+                } else {
+                    "dynamic"
+                }
+            );
+        }
+        let writes = scattered(size);
+        let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+        write_pattern(&mut *d, &writes);
+        // A write across blocks, and zeros over a written range.
+        d.write_at(&vec![0x99; 3 << 20], 2 << 20).unwrap();
+        d.write_at(&vec![0; 4096], (2 << 20) + 4096).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let mut expect = vec![0u8; size as usize];
+        apply(&mut expect, &writes);
+        expect[2 << 20..5 << 20].fill(0x99);
+        expect[(2 << 20) + 4096..(2 << 20) + 8192].fill(0);
+        qemu_check(&img);
+        let raw = raw_file(dir.path(), &format!("c{i}.raw"), &expect);
+        qemu_compare(&img, &raw);
+        assert!(vmhub_read(&img) == expect);
+        let r = vdisk::check(&img).unwrap();
+        assert!(r.clean, "{:?}", r.problems);
+        // The file's structures were updated through the log, and the log
+        // left clean.
+        let (h, _, _) = layout(&std::fs::read(&img).unwrap());
+        assert_eq!(h.log_guid, [0; 16]);
+        if kind == ImageType::Dynamic {
+            // Blocks start on 1 MiB boundaries in the file.
+            let b = std::fs::read(&img).unwrap();
+            let (_, _, bat_off) = layout(&b);
+            let e = u64_at(&b, bat_off);
+            assert_eq!(bat::offset(e) % (1 << 20), 0);
+            assert_eq!(bat::state(e), bat::FULLY_PRESENT);
+        }
+    }
+}
+
+#[test]
+fn vmhub_writes_into_qemu_images_and_qemu_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, sub) in ["dynamic", "fixed"].iter().enumerate() {
+        let img = dir.path().join(format!("w{i}.vhdx"));
+        let size: u64 = 20 << 20;
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vhdx", "-o"])
+            .arg(format!("subformat={sub},block_size=1M"))
+            .arg(&img)
+            .arg(size.to_string()));
+        qemu_io(&img, &["write -P 0x31 1M 2M".into()]);
+        let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+        let writes = scattered(size);
+        write_pattern(&mut *d, &writes);
+        d.flush().unwrap();
+        drop(d);
+        let mut expect = vec![0u8; size as usize];
+        expect[1 << 20..3 << 20].fill(0x31);
+        apply(&mut expect, &writes);
+        qemu_check(&img);
+        qemu_compare(&img, &raw_file(dir.path(), "w.raw", &expect));
+        // qemu writes after vmhub, and vmhub reads what qemu reads.
+        qemu_io(&img, &["write -P 0x44 7M 1M".into()]);
+        assert!(vmhub_read(&img) == qemu_read(&img));
+    }
+}
+
+#[test]
+fn convert_to_vhdx_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("30M"));
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x61 0 1M",
+            "-c",
+            "write -P 0x62 17M 3M",
+        ])
+        .arg(&src));
+    let raw = dir.path().join("src.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&src)
+        .arg(&raw));
+    let d = vdisk::open(&raw, OpenOptions::default()).unwrap();
+    let out = dir.path().join("out.vhdx");
+    vdisk::ops::convert::convert(
+        &*d,
+        &out,
+        &vhdx_opts(ImageType::Dynamic, None),
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    qemu_check(&out);
+    qemu_compare(&out, &raw);
+    // Only what was written is allocated: one 32 MiB block holds it all here,
+    // so check with 1 MiB blocks.
+    let out1 = dir.path().join("out1.vhdx");
+    vdisk::ops::convert::convert(
+        &*d,
+        &out1,
+        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    qemu_compare(&out1, &raw);
+    let o = vdisk::open(&out1, OpenOptions::default()).unwrap();
+    assert_eq!(o.info().unwrap().allocated_bytes, 4 << 20);
+}
+
+/// Simulates a crash after vmhub made its log entry durable but before it
+/// wrote the BAT: the next open replays the entry.
+#[test]
+fn a_crash_between_log_and_bat_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("crash.vhdx");
+    vdisk::create(
+        &img,
+        8 << 20,
+        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
+        false,
+    )
+    .unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+    d.write_at(&vec![0xAB; 1 << 20], 2 << 20).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let after = std::fs::read(&img).unwrap();
+    let (h, slot, bat_off) = layout(&after);
+    // The entry vmhub left in the log, with its id.
+    let entry_at = h.log_offset as usize;
+    let guid: [u8; 16] = after[entry_at + 32..entry_at + 48].try_into().unwrap();
+    assert_eq!(&after[entry_at..entry_at + 4], b"loge");
+    // The old file, grown with the new block and the log entry, and the
+    // header saying the log is live: the BAT itself is the old one.
+    let mut crashed = after.clone();
+    crashed[bat_off as usize..bat_off as usize + 4096]
+        .copy_from_slice(&before[bat_off as usize..bat_off as usize + 4096]);
+    let mut live = h.clone();
+    live.log_guid = guid;
+    put_header(&mut crashed, slot, live);
+    let c = dir.path().join("crashed.vhdx");
+    std::fs::write(&c, &crashed).unwrap();
+    assert_eq!(
+        u64_at(&crashed, bat_off + 16),
+        0,
+        "the BAT should be the old one"
+    );
+    let mut expect = vec![0u8; 8 << 20];
+    expect[2 << 20..3 << 20].fill(0xAB);
+    assert!(vmhub_read(&c) == expect);
+    drop(vdisk::open(&c, OpenOptions { writable: true }).unwrap());
+    qemu_check(&c);
+    assert!(qemu_read(&c) == expect);
+}
+
+fn vhdiinfo(p: &Path) -> String {
+    let out = Command::new("vhdiinfo").arg(p).output().unwrap();
+    assert!(
+        out.status.success(),
+        "vhdiinfo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn new_child(child: &Path, parent: &Path) -> Box<dyn Disk> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(child)
+        .unwrap();
+    vdisk::vhdx::create_child(f, child, parent, None).unwrap()
+}
+
+#[test]
+fn differencing_chains_read_through_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let size: u64 = 12 << 20;
+    vdisk::create(
+        &base,
+        size,
+        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
+        false,
+    )
+    .unwrap();
+    let mut expect = vec![0u8; size as usize];
+    {
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        d.write_at(&vec![0xA1; 3 << 20], 0).unwrap();
+        d.write_at(&vec![0xA2; 1 << 20], 9 << 20).unwrap();
+        d.flush().unwrap();
+    }
+    expect[..3 << 20].fill(0xA1);
+    expect[9 << 20..10 << 20].fill(0xA2);
+    let child = dir.path().join("child.vhdx");
+    {
+        let mut c = new_child(&child, &base);
+        c.write_at(&vec![0xB1; 1 << 20], (1 << 20) + 512 * 1000)
+            .unwrap();
+        c.write_at(&vec![0xB2; 4096], 6 << 20).unwrap();
+        c.flush().unwrap();
+    }
+    expect[(1 << 20) + 512 * 1000..(2 << 20) + 512 * 1000].fill(0xB1);
+    expect[6 << 20..(6 << 20) + 4096].fill(0xB2);
+    let c = vdisk::open(&child, OpenOptions::default()).unwrap();
+    assert!(read_all(&*c) == expect, "child content");
+    let info = c.info().unwrap();
+    assert_eq!(info.chain.len(), 2);
+    let v = info_of(&*c);
+    assert_eq!(v.kind, "differencing");
+    assert!(v.parent.as_ref().unwrap().file.ends_with("base.vhdx"));
+    // Blocks only the parent holds map as the parent's data; blocks nobody
+    // holds are unallocated.
+    let map = c.map(0, size).unwrap();
+    let kind_at = |o: u64| {
+        map.iter()
+            .find(|e| e.offset <= o && e.end() > o)
+            .unwrap()
+            .kind
+    };
+    assert_eq!(kind_at(0), ExtentKind::Data);
+    assert_eq!(kind_at(4 << 20), ExtentKind::Unallocated);
+    assert_eq!(kind_at(9 << 20), ExtentKind::Data);
+    drop(c);
+    let r = vdisk::check(&child).unwrap();
+    assert!(r.clean, "{:?}", r.problems);
+    // libvhdi sees a differencing disk naming its parent.
+    let text = vhdiinfo(&child);
+    assert!(
+        text.to_lowercase().contains("differential")
+            || text.to_lowercase().contains("differencing"),
+        "{text}"
+    );
+    assert!(text.contains("base.vhdx"), "{text}");
+
+    // A grandchild, and the chain moved elsewhere (found by relative path).
+    let grand = dir.path().join("grand.vhdx");
+    {
+        let mut g = new_child(&grand, &child);
+        g.write_at(&vec![0xC1; 512], 11 << 20).unwrap();
+        g.flush().unwrap();
+    }
+    expect[11 << 20..(11 << 20) + 512].fill(0xC1);
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for n in ["base.vhdx", "child.vhdx", "grand.vhdx"] {
+        std::fs::rename(dir.path().join(n), moved.join(n)).unwrap();
+    }
+    let g = vdisk::open(&moved.join("grand.vhdx"), OpenOptions::default()).unwrap();
+    assert_eq!(g.info().unwrap().chain.len(), 3);
+    assert!(read_all(&*g) == expect, "grandchild content");
+    drop(g);
+
+    // Writing to the parent changes its DataWriteGuid: the child refuses it.
+    {
+        let mut d = vdisk::open(&moved.join("base.vhdx"), OpenOptions { writable: true }).unwrap();
+        d.write_at(&[1; 512], 0).unwrap();
+        d.flush().unwrap();
+    }
+    let e = vdisk::open(&moved.join("child.vhdx"), OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("child.vhdx") && e.contains("DataWriteGuid"),
+        "{e}"
+    );
+}
+
+#[test]
+fn partially_present_blocks_read_by_their_sector_bitmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let size: u64 = 8 << 20;
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&base)
+        .arg(size.to_string()));
+    qemu_io(&base, &["write -P 0xA5 0 8M".into()]);
+    let child = dir.path().join("child.vhdx");
+    drop(new_child(&child, &base));
+    // Block 1 (2 MiB blocks) partially present: sectors 0-7 and 100 in the child.
+    let mut b = std::fs::read(&child).unwrap();
+    let (_, _, bat_off) = layout(&b);
+    let end = (b.len() as u64).div_ceil(1 << 20) << 20;
+    let (block_at, bitmap_at) = (end, end + (2 << 20));
+    b.resize((bitmap_at + (1 << 20)) as usize, 0);
+    let bs: u64 = 2 << 20;
+    let chunk_ratio = (1u64 << 23) * 512 / bs;
+    let put = |b: &mut Vec<u8>, i: u64, e: u64| {
+        b[(bat_off + i * 8) as usize..][..8].copy_from_slice(&e.to_le_bytes())
+    };
+    put(&mut b, 1, bat::entry(bat::PARTIALLY_PRESENT, block_at));
+    put(&mut b, chunk_ratio, bat::entry(bat::SB_PRESENT, bitmap_at));
+    let first_bit = bs / 512; // block 1's first sector in the chunk
+    for s in (0..8).chain([100]) {
+        let bit = first_bit + s;
+        b[(bitmap_at + bit / 8) as usize] |= 1 << (bit % 8);
+        b[(block_at + s * 512) as usize..][..512].fill(0xC3);
+    }
+    // A sector whose bit is clear holds something else: it must not be read.
+    b[(block_at + 50 * 512) as usize..][..512].fill(0xEE);
+    std::fs::write(&child, &b).unwrap();
+    let mut expect = vec![0xA5u8; size as usize];
+    for s in (0..8).chain([100]) {
+        let o = (bs + s * 512) as usize;
+        expect[o..o + 512].fill(0xC3);
+    }
+    let c = vdisk::open(&child, OpenOptions::default()).unwrap();
+    assert!(read_all(&*c) == expect);
+    let map = c.map(bs, bs).unwrap();
+    assert!(map.iter().all(|e| e.kind == ExtentKind::Data), "{map:?}");
+    assert_eq!(map.iter().map(|e| e.length).sum::<u64>(), bs);
+    assert!(vdisk::check(&child).unwrap().clean);
+    drop(c);
+    // Writing into the block makes it fully present, parent bytes filled in.
+    let mut c = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    c.write_at(&[0xD4; 1024], bs + 200 * 512).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    let o = (bs + 200 * 512) as usize;
+    expect[o..o + 1024].fill(0xD4);
+    assert!(vmhub_read(&child) == expect);
+    let b = std::fs::read(&child).unwrap();
+    assert_eq!(bat::state(u64_at(&b, bat_off + 8)), bat::FULLY_PRESENT);
+    let _ = (crc32c_skip(&[], 0), guid_text(&[0; 16]));
+}
