@@ -567,6 +567,7 @@ fn differencing_chains_read_through_their_parents() {
         d.write_at(&vec![0xA2; 1 << 20], 9 << 20).unwrap();
         d.flush().unwrap();
     }
+    let base_guid = info_of(&*vdisk::open(&base, OpenOptions::default()).unwrap()).data_write_guid;
     expect[..3 << 20].fill(0xA1);
     expect[9 << 20..10 << 20].fill(0xA2);
     let child = dir.path().join("child.vhdx");
@@ -609,6 +610,7 @@ fn differencing_chains_read_through_their_parents() {
         "{text}"
     );
     assert!(text.contains("base.vhdx"), "{text}");
+    assert!(text.contains(&base_guid.to_lowercase()), "{text}");
 
     // A grandchild, and the chain moved elsewhere (found by relative path).
     let grand = dir.path().join("grand.vhdx");

@@ -398,7 +398,13 @@ impl VhdxDisk {
             DEPTH.with(|d| d.set(depth + 1));
             let opened = crate::format::open(&c, crate::OpenOptions { writable: false });
             DEPTH.with(|d| d.set(depth));
-            let parent = opened?;
+            let parent = match opened {
+                Ok(p) => p,
+                // The user opened this file: say so first. Deeper links pass
+                // their error up unchanged, so that it is prefixed once.
+                Err(e) if depth == 0 => return Err(parent_error(&path, &c, e)),
+                Err(e) => return Err(e),
+            };
             if parent.virtual_size() < self.meta.virtual_size {
                 tried.push(format!(
                     "{} (its {} bytes are fewer than the child's {})",
@@ -690,9 +696,31 @@ impl VhdxDisk {
     }
 }
 
-/// A path from a parent locator, with Windows separators turned into '/'.
+/// A path from a parent locator, with Windows separators turned into '/'
+/// and a leading "./" dropped.
 fn windows_path(p: &str) -> String {
-    p.replace('\\', "/")
+    let p = p.replace('\\', "/");
+    match p.strip_prefix("./") {
+        Some(rest) => rest.to_string(),
+        None => p,
+    }
+}
+
+/// `e`, from opening `parent` of `child`, told as an error of `child`.
+fn parent_error(child: &Path, parent: &Path, e: Error) -> Error {
+    let shown = parent.display();
+    match e {
+        Error::Corrupt { path, what } => {
+            Error::corrupt(child, format!("parent {shown}: {}: {what}", path.display()))
+        }
+        Error::Unsupported { path, what } => {
+            Error::unsupported(child, format!("parent {shown}: {}: {what}", path.display()))
+        }
+        Error::InvalidArgument(what) => {
+            Error::InvalidArgument(format!("{}: parent {shown}: {what}", child.display()))
+        }
+        other => other,
+    }
 }
 
 fn read_headers(
