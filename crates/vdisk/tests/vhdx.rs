@@ -704,3 +704,54 @@ fn partially_present_blocks_read_by_their_sector_bitmap() {
     assert_eq!(bat::state(u64_at(&b, bat_off + 8)), bat::FULLY_PRESENT);
     let _ = (crc32c_skip(&[], 0), guid_text(&[0; 16]));
 }
+
+/// Blocks past the first chunk: their BAT entries come after a sector bitmap
+/// entry (16 blocks of 256 MiB per chunk with 512-byte sectors).
+#[test]
+fn blocks_past_the_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.vhdx");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=256M"])
+        .arg(&img)
+        .arg("5G"));
+    let far: u64 = (4 << 30) + (3 << 28) + 12345 * 512;
+    qemu_io(
+        &img,
+        &[
+            format!("write -P 0x21 {far} 64k"),
+            "write -P 0x22 0 4k".into(),
+        ],
+    );
+    let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+    let mut buf = vec![0u8; 65536];
+    d.read_at(&mut buf, far).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x21));
+    let map = d.map(0, d.virtual_size()).unwrap();
+    let data: Vec<_> = map.iter().filter(|e| e.kind == ExtentKind::Data).collect();
+    assert!(
+        data.iter()
+            .any(|e| e.offset <= far && e.end() >= far + 65536),
+        "{map:?}"
+    );
+    assert!(
+        data.iter().map(|e| e.length).sum::<u64>() <= 2 << 28,
+        "{map:?}"
+    );
+    let near_end = (5u64 << 30) - 8192;
+    d.write_at(&[0x23; 8192], near_end).unwrap();
+    d.write_at(&[0x24; 4096], (17 << 28) + 4096).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    qemu_check(&img);
+    qemu_io(
+        &img,
+        &[
+            format!("read -P 0x21 {far} 64k"),
+            format!("read -P 0x23 {near_end} 8k"),
+            format!("read -P 0x24 {} 4k", (17u64 << 28) + 4096),
+            "read -P 0x22 0 4k".into(),
+            format!("read -P 0 {} 4k", 17u64 << 28),
+        ],
+    );
+}

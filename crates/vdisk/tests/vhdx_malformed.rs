@@ -145,6 +145,15 @@ fn cases(base: &[u8]) -> Vec<(&'static str, Vec<u8>, Want)> {
         Want::OpenFails(&["log", "past the end"]),
     );
     case(
+        "log over the BAT",
+        &|b| {
+            let mut h = l.header.clone();
+            h.log_offset = l.bat;
+            set_headers(b, &h);
+        },
+        Want::OpenFails(&["log", "overlaps the BAT region"]),
+    );
+    case(
         "region tables' checksums",
         &|b| {
             for o in REGION_OFFSETS {

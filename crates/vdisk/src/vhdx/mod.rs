@@ -272,6 +272,22 @@ impl VhdxDisk {
             }
         }
         let regions = read_regions(&store)?;
+        let log_end = header.log_offset + u64::from(header.log_length);
+        if let Some(r) = regions
+            .regions
+            .iter()
+            .find(|r| r.offset < log_end && header.log_offset < r.offset + u64::from(r.length))
+        {
+            return Err(corrupt(
+                path,
+                format!(
+                    "header: the log ({} bytes at {}) overlaps the {}",
+                    header.log_length,
+                    header.log_offset,
+                    header::region_name(&r.guid)
+                ),
+            ));
+        }
         let meta_region = regions
             .find(&header::METADATA_REGION)
             .ok_or_else(|| corrupt(path, "region table: no metadata region"))?;
