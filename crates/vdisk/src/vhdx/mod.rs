@@ -11,13 +11,15 @@
 //! so that readers see the right content and the file stays untouched.
 //!
 //! # Crash safety of writes
-//! A new payload block is placed at the 1 MiB-aligned end of the file and its
-//! data written there; its BAT entry changes only in memory. [`Disk::flush`]
-//! syncs the data, sets LogGuid, writes the changed BAT sectors as one log
-//! entry and syncs it, writes them in place and syncs, then clears LogGuid. A
-//! crash before the log entry is durable leaves the old BAT (unflushed writes
-//! to new blocks are lost, as they may be); a crash after it is repaired by
-//! the replay of the next open.
+//! A new payload block (or sector bitmap block) is placed at the 1 MiB-aligned
+//! end of the file and its data written there; its BAT entry, and the sector
+//! bitmap bits of a differencing disk's partial writes, change only in
+//! memory. [`Disk::flush`] syncs the data, sets LogGuid, writes the changed
+//! bitmap pages and BAT sectors as log entries, each synced before its writes
+//! are made in place and synced, then clears LogGuid. A crash before an entry
+//! is durable leaves the old BAT and bitmaps (unflushed writes to new blocks
+//! or sectors are lost, as they may be); a crash after it is repaired by the
+//! replay of the next open.
 
 pub mod bat;
 pub mod check;
@@ -41,7 +43,7 @@ use header::{
 };
 use metadata::Metadata;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +56,8 @@ const MAX_LOG: u64 = 256 << 20;
 const MAX_METADATA: u64 = 64 << 20;
 /// How far a log entry may say the file extends past its current end.
 const MAX_LOG_GROWTH: u64 = 4 << 30;
+/// Bytes of a sector bitmap page kept in memory.
+const PAGE: u64 = 4096;
 /// How deep a chain of differencing disks may be.
 const MAX_DEPTH: u32 = 64;
 
@@ -188,6 +192,9 @@ pub struct VhdxDisk {
     log_entries: usize,
     /// BAT sectors (4 KiB) changed in memory but not yet in the file.
     dirty: BTreeSet<u64>,
+    /// Sector bitmap pages (4 KiB, by file offset) changed in memory but not
+    /// yet in the file; they reach it through the log with the BAT.
+    bitmap_pages: BTreeMap<u64, Vec<u8>>,
     /// Whether this open has written (and so renewed the write GUIDs).
     session: bool,
     /// Where the next payload block goes.
@@ -346,6 +353,7 @@ impl VhdxDisk {
             log_state,
             log_entries,
             dirty: BTreeSet::new(),
+            bitmap_pages: BTreeMap::new(),
             session: false,
             next_block,
             log_sequence: 0,
@@ -542,11 +550,7 @@ impl VhdxDisk {
         let bit0 = self.geo.bitmap_bit(block) + first;
         let bit1 = self.geo.bitmap_bit(block) + last;
         let mut bits = vec![0u8; (bit1 / 8 - bit0 / 8 + 1) as usize];
-        self.store.read(
-            &mut bits,
-            bat::offset(e) + bit0 / 8,
-            format_args!("sector bitmap of chunk {chunk}"),
-        )?;
+        self.read_bitmap(&mut bits, bat::offset(e) + bit0 / 8, chunk)?;
         let mut runs: Vec<(u64, u64, bool)> = Vec::new();
         for s in first..=last {
             let bit = self.geo.bitmap_bit(block) + s - (bit0 / 8) * 8;
@@ -601,13 +605,27 @@ impl VhdxDisk {
         Ok(())
     }
 
-    /// Places payload block `block` at the end of the file; its BAT entry
-    /// changes in memory.
-    fn allocate(&mut self, block: u64) -> Result<u64> {
+    /// Reads sector bitmap bytes at `offset` of the file, with the pages
+    /// changed in memory.
+    fn read_bitmap(&self, buf: &mut [u8], offset: u64, chunk: u64) -> Result<()> {
+        self.store
+            .read(buf, offset, format_args!("sector bitmap of chunk {chunk}"))?;
+        let end = offset + buf.len() as u64;
+        let first = offset / PAGE * PAGE;
+        for (&at, page) in self.bitmap_pages.range(first..end) {
+            let (s, e) = (at.max(offset), (at + PAGE).min(end));
+            buf[(s - offset) as usize..(e - offset) as usize]
+                .copy_from_slice(&page[(s - at) as usize..(e - at) as usize]);
+        }
+        Ok(())
+    }
+
+    /// Places `len` bytes (zeros) at the 1 MiB-aligned end of the file.
+    fn allocate_space(&mut self, len: u64) -> Result<u64> {
         let at = self
             .next_block
             .max(self.store.real_len.div_ceil(ALIGN) * ALIGN);
-        let end = at + self.geo.block_size;
+        let end = at + len;
         self.store
             .file
             .set_len(end)
@@ -615,11 +633,92 @@ impl VhdxDisk {
         self.store.real_len = end;
         self.store.len = end;
         self.next_block = end;
-        self.set_entry(
-            self.geo.payload_index(block),
-            bat::entry(bat::FULLY_PRESENT, at),
-        );
         Ok(at)
+    }
+
+    /// Places payload block `block` at the end of the file in `state`; its
+    /// BAT entry changes in memory.
+    fn allocate(&mut self, block: u64, state: u8) -> Result<u64> {
+        let at = self.allocate_space(self.geo.block_size)?;
+        self.set_entry(self.geo.payload_index(block), bat::entry(state, at));
+        Ok(at)
+    }
+
+    /// The file offset of the sector bitmap block of `chunk`, placed at the
+    /// end of the file (all clear) when it has none.
+    fn ensure_bitmap(&mut self, chunk: u64) -> Result<u64> {
+        let i = self.geo.bitmap_index(chunk);
+        let e = self.bat.get(i as usize).copied().unwrap_or(0);
+        if bat::state(e) == bat::SB_PRESENT {
+            if bat::offset(e) < HEADER_SECTION {
+                return Err(corrupt(
+                    self.path_buf(),
+                    format!("BAT entry {i} (sector bitmap of chunk {chunk}): offset {} inside the header section", bat::offset(e)),
+                ));
+            }
+            return Ok(bat::offset(e));
+        }
+        let at = self.allocate_space(bat::BITMAP_BLOCK)?;
+        self.set_entry(i, bat::entry(bat::SB_PRESENT, at));
+        Ok(at)
+    }
+
+    /// Marks sectors `[first, end)` of `block` present in its chunk's bitmap
+    /// (in memory until the next flush).
+    fn set_bits(&mut self, block: u64, first: u64, end: u64) -> Result<()> {
+        let chunk = block / self.geo.chunk_ratio;
+        let bm = self.ensure_bitmap(chunk)?;
+        let base = self.geo.bitmap_bit(block);
+        for bit in base + first..base + end {
+            let byte = bm + bit / 8;
+            let page_at = byte / PAGE * PAGE;
+            if !self.bitmap_pages.contains_key(&page_at) {
+                let mut page = vec![0u8; PAGE as usize];
+                self.store.read(
+                    &mut page,
+                    page_at,
+                    format_args!("sector bitmap of chunk {chunk}"),
+                )?;
+                self.bitmap_pages.insert(page_at, page);
+            }
+            if let Some(page) = self.bitmap_pages.get_mut(&page_at) {
+                page[(byte - page_at) as usize] |= 1 << (bit % 8);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `within` of block `block` of a differencing disk
+    /// whose entry `ent` does not hold the whole block: the sectors written
+    /// go into the child's block and are marked in the sector bitmap;
+    /// sectors written only in part get the rest of their bytes from what the
+    /// disk read there before.
+    fn write_partial(&mut self, block: u64, within: u64, data: &[u8], ent: u64) -> Result<()> {
+        let sector = self.geo.sector;
+        let chunk = block / self.geo.chunk_ratio;
+        self.ensure_bitmap(chunk)?;
+        let at = if bat::state(ent) == bat::PARTIALLY_PRESENT {
+            self.block_offset(block, ent)?
+        } else {
+            self.allocate(block, bat::PARTIALLY_PRESENT)?
+        };
+        let len = data.len() as u64;
+        let s0 = within / sector * sector;
+        let s1 = (within + len).div_ceil(sector) * sector;
+        let guest = block * self.geo.block_size;
+        if s0 == within && s1 == within + len {
+            write_all_at(&self.store.file, &self.store.path, data, at + within)?;
+        } else {
+            let mut buf = vec![0u8; (s1 - s0) as usize];
+            let last = s1 - sector;
+            for s in [s0, last] {
+                let o = (s - s0) as usize;
+                self.read_at(&mut buf[o..o + sector as usize], guest + s)?;
+            }
+            buf[(within - s0) as usize..(within - s0 + len) as usize].copy_from_slice(data);
+            write_all_at(&self.store.file, &self.store.path, &buf, at + s0)?;
+        }
+        self.set_bits(block, s0 / sector, s1 / sector)
     }
 
     fn set_entry(&mut self, index: u64, e: u64) {
@@ -629,9 +728,14 @@ impl VhdxDisk {
         }
     }
 
+    /// Whether BAT entries or sector bitmap bits changed since the last flush.
+    fn pending(&self) -> bool {
+        !self.dirty.is_empty() || !self.bitmap_pages.is_empty()
+    }
+
     /// Writes the changed BAT sectors through the log (see the module docs).
     fn commit_bat(&mut self) -> Result<()> {
-        if self.dirty.is_empty() {
+        if !self.pending() {
             return Ok(());
         }
         let path = self.store.path.clone();
@@ -641,22 +745,23 @@ impl VhdxDisk {
         h.log_guid = log_guid;
         self.slot = write_header(&self.store, self.slot, &mut h)?;
         self.header = h;
-        let sectors: Vec<u64> = std::mem::take(&mut self.dirty).into_iter().collect();
+        // Bitmap pages before the BAT sectors: should the writes need more
+        // than one entry, bits set ahead of the entry that points at their
+        // block are never looked at.
+        let mut all: Vec<(u64, Vec<u8>)> =
+            std::mem::take(&mut self.bitmap_pages).into_iter().collect();
+        for s in std::mem::take(&mut self.dirty) {
+            let mut data = vec![0u8; log::SECTOR];
+            let first = (s * log::SECTOR as u64 / 8) as usize;
+            for (i, c) in data.chunks_exact_mut(8).enumerate() {
+                let e = self.bat.get(first + i).copied().unwrap_or(0);
+                c.copy_from_slice(&e.to_le_bytes());
+            }
+            all.push((self.bat_offset + s * log::SECTOR as u64, data));
+        }
         let per_entry = log::capacity(u64::from(self.header.log_length)).max(1);
         let file_size = self.store.real_len;
-        for group in sectors.chunks(per_entry) {
-            let writes: Vec<(u64, Vec<u8>)> = group
-                .iter()
-                .map(|&s| {
-                    let mut data = vec![0u8; log::SECTOR];
-                    let first = (s * log::SECTOR as u64 / 8) as usize;
-                    for (i, c) in data.chunks_exact_mut(8).enumerate() {
-                        let e = self.bat.get(first + i).copied().unwrap_or(0);
-                        c.copy_from_slice(&e.to_le_bytes());
-                    }
-                    (self.bat_offset + s * log::SECTOR as u64, data)
-                })
-                .collect();
+        for writes in all.chunks(per_entry) {
             self.log_sequence += 1;
             let entry = log::encode_entry(
                 self.log_sequence,
@@ -664,11 +769,11 @@ impl VhdxDisk {
                 &log_guid,
                 file_size,
                 file_size,
-                &writes,
+                writes,
             );
             write_all_at(&self.store.file, &path, &entry, self.header.log_offset)?;
             sync_data(&self.store.file, &path)?;
-            for (off, data) in &writes {
+            for (off, data) in writes {
                 write_all_at(&self.store.file, &path, data, *off)?;
             }
             sync_data(&self.store.file, &path)?;
@@ -677,37 +782,6 @@ impl VhdxDisk {
         h.log_guid = ZERO_GUID;
         self.slot = write_header(&self.store, self.slot, &mut h)?;
         self.header = h;
-        Ok(())
-    }
-
-    /// Copies the parent's bytes into the sectors of the child's block `block`
-    /// (at `at` in the file) that its sector bitmap does not mark present, so
-    /// that the block can become fully present.
-    fn fill_from_parent(&self, block: u64, at: u64, partial: bool) -> Result<()> {
-        let bs = self.geo.block_size;
-        let start = block * bs;
-        let len = bs.min(self.meta.virtual_size - start);
-        let runs = if partial {
-            self.bitmap_runs(block, 0, len)?
-        } else {
-            vec![(0, len, false)]
-        };
-        let mut buf = Vec::new();
-        for (lo, hi, present) in runs {
-            if present {
-                continue;
-            }
-            let mut pos = lo;
-            while pos < hi {
-                let n = (hi - pos).min(4 << 20);
-                buf.resize(n as usize, 0);
-                self.read_parent(&mut buf, start + pos)?;
-                if !is_zero(&buf) {
-                    write_all_at(&self.store.file, &self.store.path, &buf, at + pos)?;
-                }
-                pos += n;
-            }
-        }
         Ok(())
     }
 }
@@ -943,30 +1017,27 @@ impl Disk for VhdxDisk {
         for p in pieces(offset, buf.len() as u64, self.geo.block_size) {
             let data = &buf[p.at as usize..(p.at + p.len) as usize];
             let ent = self.entry(p.block);
+            let whole = p.len == self.geo.block_size;
             let at = match bat::state(ent) {
                 bat::FULLY_PRESENT => self.block_offset(p.block, ent)?,
                 bat::PARTIALLY_PRESENT if self.meta.has_parent => {
-                    // The sectors the bitmap leaves to the parent get the
-                    // parent's bytes, and the block becomes fully present.
-                    let at = self.block_offset(p.block, ent)?;
-                    self.fill_from_parent(p.block, at, true)?;
-                    self.set_entry(
-                        self.geo.payload_index(p.block),
-                        bat::entry(bat::FULLY_PRESENT, at),
-                    );
-                    at
+                    self.write_partial(p.block, p.within, data, ent)?;
+                    continue;
+                }
+                bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED
+                    if self.meta.has_parent && !whole =>
+                {
+                    self.write_partial(p.block, p.within, data, ent)?;
+                    continue;
                 }
                 bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED | bat::ZERO => {
-                    let from_parent = self.meta.has_parent && bat::state(ent) != bat::ZERO;
-                    if !from_parent && is_zero(data) {
+                    if !self.meta.has_parent && is_zero(data) {
                         // The block reads as zeros already.
                         continue;
                     }
-                    let at = self.allocate(p.block)?;
-                    if from_parent && p.len < self.geo.block_size {
-                        self.fill_from_parent(p.block, at, false)?;
-                    }
-                    at
+                    // A whole block, or a block that reads as zeros: the
+                    // new block's untouched bytes are the zeros of new space.
+                    self.allocate(p.block, bat::FULLY_PRESENT)?
                 }
                 _ => return Err(self.bad_state(p.block, ent)),
             };
@@ -979,7 +1050,7 @@ impl Disk for VhdxDisk {
         if !self.writable {
             return Ok(());
         }
-        if !self.dirty.is_empty() {
+        if self.pending() {
             self.commit_bat()
         } else if self.session {
             sync_data(&self.store.file, &self.store.path)
@@ -1134,7 +1205,7 @@ impl Drop for VhdxDisk {
     fn drop(&mut self) {
         // Whatever was written reaches the BAT; errors here have no one to
         // go to, and the log keeps the image consistent whatever happens.
-        if self.writable && !self.dirty.is_empty() {
+        if self.writable && self.pending() {
             let _ = self.commit_bat();
         }
     }
