@@ -522,6 +522,11 @@ fn a_crash_between_log_and_bat_is_recovered() {
     let mut expect = vec![0u8; 8 << 20];
     expect[2 << 20..3 << 20].fill(0xAB);
     assert!(vmhub_read(&c) == expect);
+    // qemu replays vmhub's entry the same way.
+    let q = dir.path().join("crashed-for-qemu.vhdx");
+    std::fs::copy(&c, &q).unwrap();
+    qemu_io(&q, &["read -P 0xAB 2M 1M".into()]);
+    assert!(qemu_read(&q) == expect);
     drop(vdisk::open(&c, OpenOptions { writable: true }).unwrap());
     qemu_check(&c);
     assert!(qemu_read(&c) == expect);
@@ -581,7 +586,7 @@ fn differencing_chains_read_through_their_parents() {
     expect[6 << 20..(6 << 20) + 4096].fill(0xB2);
     let c = vdisk::open(&child, OpenOptions::default()).unwrap();
     assert!(read_all(&*c) == expect, "child content");
-    libvhdi_agrees(&child, &base, &expect);
+    libvhdi_agrees(&child, Some(&base), &expect);
     let info = c.info().unwrap();
     assert_eq!(info.chain.len(), 2);
     let v = info_of(&*c);
@@ -718,7 +723,7 @@ fn partially_present_blocks_read_by_their_sector_bitmap() {
         );
     }
     assert!(vdisk::check(&child).unwrap().clean);
-    libvhdi_agrees(&child, &base, &expect);
+    libvhdi_agrees(&child, Some(&base), &expect);
 }
 
 /// Blocks past the first chunk: their BAT entries come after a sector bitmap
@@ -772,14 +777,15 @@ fn blocks_past_the_first_chunk() {
     );
 }
 
-/// When Debian's python3-libvhdi is installed, libvhdi reads the chain
-/// `child` over `parent` as `expect`. Without it the cross-check is skipped
-/// (the other assertions of the caller still run).
-fn libvhdi_agrees(child: &Path, parent: &Path, expect: &[u8]) {
+/// When Debian's python3-libvhdi is installed, libvhdi reads `img` (over
+/// `parent`, for a differencing disk) as `expect`. Without it the
+/// cross-check is skipped (the other assertions of the caller still run).
+fn libvhdi_agrees(img: &Path, parent: Option<&Path>, expect: &[u8]) {
     let script = "import sys, pyvhdi\n\
-p = pyvhdi.file(); p.open(sys.argv[2])\n\
-c = pyvhdi.file(); c.open(sys.argv[1]); c.set_parent(p)\n\
-n = c.get_media_size(); out = open(sys.argv[3], 'wb'); pos = 0\n\
+c = pyvhdi.file(); c.open(sys.argv[1])\n\
+p = pyvhdi.file()\n\
+if len(sys.argv) > 3: p.open(sys.argv[3]); c.set_parent(p)\n\
+n = c.get_media_size(); out = open(sys.argv[2], 'wb'); pos = 0\n\
 while pos < n: b = c.read_buffer_at_offset(min(1 << 20, n - pos), pos); out.write(b); pos += len(b)\n";
     let probe = Command::new("/usr/bin/python3")
         .args(["-c", "import pyvhdi"])
@@ -788,13 +794,54 @@ while pos < n: b = c.read_buffer_at_offset(min(1 << 20, n - pos), pos); out.writ
         eprintln!("python3-libvhdi is not installed: libvhdi cross-check skipped");
         return;
     }
-    let out = child.with_extension("libvhdi.raw");
-    run(Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(child)
-        .arg(parent)
-        .arg(&out));
+    let out = img.with_extension("libvhdi.raw");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script]).arg(img).arg(&out);
+    if let Some(p) = parent {
+        cmd.arg(p);
+    }
+    run(&mut cmd);
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), expect.len(), "libvhdi's size");
-    assert!(got == expect, "libvhdi reads the chain differently");
+    assert!(got == expect, "libvhdi reads the image differently");
+}
+
+/// 4 KiB logical sectors: the chunk ratio is eight times larger and the
+/// sector size is the unit of the size.
+#[test]
+fn four_kib_logical_sectors() {
+    use vdisk::vhdx::create::{write_new, NewVhdx};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("4k.vhdx");
+    let size: u64 = 9 << 20;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&img)
+        .unwrap();
+    let n = NewVhdx {
+        size,
+        block_size: 1 << 20,
+        logical_sector: 4096,
+        physical_sector: 4096,
+        log_size: 1 << 20,
+        fixed: false,
+        parent: None,
+    };
+    write_new(&f, &img, &n).unwrap();
+    drop(f);
+    let mut d = vdisk::open(&img, OpenOptions { writable: true }).unwrap();
+    assert_eq!(info_of(&*d).logical_sector_size, 4096);
+    let writes = scattered(size);
+    write_pattern(&mut *d, &writes);
+    d.flush().unwrap();
+    drop(d);
+    let mut expect = vec![0u8; size as usize];
+    apply(&mut expect, &writes);
+    // qemu refuses VHDX with 4 KiB logical sectors ("Operation not
+    // supported"): libvhdi is the other reader here.
+    assert!(vmhub_read(&img) == expect);
+    assert!(vdisk::check(&img).unwrap().clean);
+    libvhdi_agrees(&img, None, &expect);
 }
