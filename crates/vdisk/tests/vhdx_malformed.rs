@@ -313,11 +313,11 @@ fn cases(base: &[u8]) -> Vec<(&'static str, Vec<u8>, Want)> {
         Want::Problem("BAT", &["entries", "overlapping"]),
     );
     case(
-        "BAT state 5",
+        "BAT state 4",
         &|b| {
-            put_u64(b, l.bat + 8, 5);
+            put_u64(b, l.bat + 8, 4);
         },
-        Want::Problem("BAT", &["entry 1", "invalid state 5"]),
+        Want::Problem("BAT", &["entry 1", "invalid state 4"]),
     );
     case(
         "partially present without a parent",

@@ -10,6 +10,9 @@ pub const UNDEFINED: u8 = 1;
 pub const ZERO: u8 = 2;
 /// The block was unmapped (trimmed).
 pub const UNMAPPED: u8 = 3;
+/// The value version 0.95 of the specification gave the unmapped state;
+/// images made to it still read, as unmapped blocks.
+pub const UNMAPPED_V095: u8 = 5;
 /// The block's data is all in the file.
 pub const FULLY_PRESENT: u8 = 6;
 /// Some sectors are in the file (the sector bitmap says which), the rest in the parent.
@@ -41,7 +44,7 @@ pub fn state_name(s: u8) -> &'static str {
         NOT_PRESENT => "not present",
         UNDEFINED => "undefined",
         ZERO => "zero",
-        UNMAPPED => "unmapped",
+        UNMAPPED | UNMAPPED_V095 => "unmapped",
         FULLY_PRESENT => "fully present",
         PARTIALLY_PRESENT => "partially present",
         _ => "invalid",

@@ -146,12 +146,18 @@ fn check_bat(d: &VhdxDisk, r: &mut CheckReport) {
                 "sector bitmap block",
             )
         } else {
-            let ok = matches!(st, 0..=3 | 6) || (st == bat::PARTIALLY_PRESENT && d.meta.has_parent);
+            let ok =
+                matches!(st, 0..=3 | 5 | 6) || (st == bat::PARTIALLY_PRESENT && d.meta.has_parent);
             (ok, g.block_size, "payload block")
         };
         if !valid {
             report(r, format!("entry {i} ({what}): invalid state {st}"));
             continue;
+        }
+        if !is_bitmap && st == bat::UNMAPPED_V095 {
+            r.note(format!(
+                "BAT entry {i}: state 5, the unmapped state of version 0.95 of the format"
+            ));
         }
         let present = if is_bitmap {
             st == bat::SB_PRESENT

@@ -982,7 +982,7 @@ impl Disk for VhdxDisk {
                     let guest = offset + p.at;
                     match st {
                         bat::ZERO => dst.fill(0),
-                        bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED => {
+                        bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED | bat::UNMAPPED_V095 => {
                             self.read_parent(dst, guest)?
                         }
                         bat::PARTIALLY_PRESENT if self.meta.has_parent => {
@@ -1024,13 +1024,17 @@ impl Disk for VhdxDisk {
                     self.write_partial(p.block, p.within, data, ent)?;
                     continue;
                 }
-                bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED
+                bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED | bat::UNMAPPED_V095
                     if self.meta.has_parent && !whole =>
                 {
                     self.write_partial(p.block, p.within, data, ent)?;
                     continue;
                 }
-                bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED | bat::ZERO => {
+                bat::NOT_PRESENT
+                | bat::UNDEFINED
+                | bat::UNMAPPED
+                | bat::UNMAPPED_V095
+                | bat::ZERO => {
                     if !self.meta.has_parent && is_zero(data) {
                         // The block reads as zeros already.
                         continue;
@@ -1104,9 +1108,11 @@ impl Disk for VhdxDisk {
                     }
                 }
                 bat::ZERO if self.meta.has_parent => push(&mut out, guest, p.len, ExtentKind::Zero),
-                bat::ZERO | bat::NOT_PRESENT | bat::UNDEFINED | bat::UNMAPPED => {
-                    self.map_parent(&mut out, guest, p.len)?
-                }
+                bat::ZERO
+                | bat::NOT_PRESENT
+                | bat::UNDEFINED
+                | bat::UNMAPPED
+                | bat::UNMAPPED_V095 => self.map_parent(&mut out, guest, p.len)?,
                 bat::PARTIALLY_PRESENT if self.meta.has_parent => {
                     self.block_offset(p.block, ent)?;
                     for (lo, hi, here) in self.bitmap_runs(p.block, p.within, p.len)? {
