@@ -72,8 +72,9 @@ fn circular(log: &[u8], at: u64, len: u64) -> Option<Vec<u8>> {
 }
 
 /// The entry starting at `at` of the log, if one that belongs to `guid` is
-/// valid there ([MS-VHDX] 2.3.1).
-pub fn entry_at(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
+/// valid there ([MS-VHDX] 2.3.1). Checking it costs its length from
+/// `budget`; one that costs more than is left is not checked.
+pub fn entry_at(log: &[u8], at: u64, guid: &Guid, budget: &mut u64) -> Option<Entry> {
     let head = circular(log, at, SECTOR as u64)?;
     if head.get(..4)? != ENTRY_SIG || guid_at(&head, 32) != *guid {
         return None;
@@ -92,6 +93,12 @@ pub fn entry_at(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
     if desc_sectors as u64 * SECTOR as u64 > length {
         return None;
     }
+    if length > *budget {
+        // Out of budget: the caller sees it spent and gives up.
+        *budget = 0;
+        return None;
+    }
+    *budget -= length;
     let bytes = circular(log, at, length)?;
     if u32_at(&bytes, 4) != crc32c_skip(&bytes, 4) {
         return None;
@@ -155,41 +162,49 @@ pub fn entry_at(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
 /// Finds the active sequence of the log for `guid` ([MS-VHDX] 2.3.3): of the
 /// valid sequences (entries with consecutive numbers, each right after the
 /// other, running from the tail their last entry names to that entry), the
-/// one whose last entry has the largest sequence number. `None` when there
-/// is no valid sequence.
-pub fn active_sequence(log: &[u8], guid: &Guid) -> Option<Vec<Entry>> {
+/// one whose last entry has the largest sequence number. `Ok(None)` when
+/// there is no valid sequence; an error when a hostile log would take too
+/// long to search (entries overlapping many times over).
+pub fn active_sequence(log: &[u8], guid: &Guid) -> Result<Option<Vec<Entry>>, String> {
     let n = log.len() as u64;
+    // Valid entries do not overlap, so checking them all costs about the
+    // log's length; stale entries of earlier passes add a little.
+    let mut budget = 8 * n + (16 << 20);
     let entries: std::collections::BTreeMap<u64, Entry> = (0..n / SECTOR as u64)
-        .filter_map(|i| entry_at(log, i * SECTOR as u64, guid))
+        .filter_map(|i| entry_at(log, i * SECTOR as u64, guid, &mut budget))
         .map(|e| (e.at, e))
         .collect();
-    let mut best: Option<Vec<Entry>> = None;
-    for head in entries.values() {
-        if best
-            .as_ref()
-            .and_then(|b| b.last())
-            .is_some_and(|b| b.sequence >= head.sequence)
-        {
-            continue;
-        }
+    if budget < SECTOR as u64 {
+        return Err("log: too many overlapping entries to search".into());
+    }
+    // The latest head first: the first valid sequence found is the active one.
+    let mut heads: Vec<&Entry> = entries.values().collect();
+    heads.sort_by_key(|e| std::cmp::Reverse(e.sequence));
+    let mut steps: u64 = 0;
+    for head in heads {
         let mut seq = Vec::new();
         let mut at = head.tail;
-        for _ in 0..entries.len() {
-            let Some(e) = entries.get(&at) else { break };
+        while let Some(e) = entries.get(&at) {
+            steps += 1;
+            if steps > 1 << 20 {
+                return Err("log: too many entries to search for the active sequence".into());
+            }
             if let Some(prev) = seq.last().map(|p: &Entry| p.sequence) {
-                if e.sequence != prev.wrapping_add(1) {
+                if prev.checked_add(1) != Some(e.sequence) {
                     break;
                 }
             }
+            if e.sequence > head.sequence || seq.len() >= entries.len() {
+                break;
+            }
             seq.push(e.clone());
             if e.at == head.at && e.sequence == head.sequence {
-                best = Some(seq);
-                break;
+                return Ok(Some(seq));
             }
             at = (e.at + e.length) % n;
         }
     }
-    best
+    Ok(None)
 }
 
 /// What replaying `seq` does.
@@ -271,16 +286,16 @@ mod tests {
         let mut log = vec![0u8; 1 << 20];
         let e = encode_entry(5, 0, &guid, 4 << 20, 5 << 20, &[(3 << 20, sector(1))]);
         log[..e.len()].copy_from_slice(&e);
-        let seq = active_sequence(&log, &guid).unwrap();
+        let seq = active_sequence(&log, &guid).unwrap().unwrap();
         assert_eq!(seq.len(), 1);
         let r = replay(&seq);
         assert_eq!(r.writes[0].offset, 3 << 20);
         assert_eq!(r.writes[0].data.as_deref(), Some(&sector(1)[..]));
         assert_eq!(r.last_file_offset, 5 << 20);
         // Another log id, or a damaged byte: nothing to replay.
-        assert!(active_sequence(&log, &[8u8; 16]).is_none());
+        assert_eq!(active_sequence(&log, &[8u8; 16]), Ok(None));
         log[5000] ^= 1;
-        assert!(active_sequence(&log, &guid).is_none());
+        assert_eq!(active_sequence(&log, &guid), Ok(None));
     }
 
     #[test]
@@ -294,8 +309,44 @@ mod tests {
         log[56 << 10..64 << 10].copy_from_slice(&a);
         let b = encode_entry(8, 56 << 10, &guid, 0, 0, &[(2 << 20, sector(3))]);
         log[..b.len()].copy_from_slice(&b);
-        let seq = active_sequence(&log, &guid).unwrap();
+        let seq = active_sequence(&log, &guid).unwrap().unwrap();
         assert_eq!(seq.iter().map(|e| e.sequence).collect::<Vec<_>>(), [7, 8]);
         assert_eq!(capacity(1 << 20), 254);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn a_log_of_entries_that_all_claim_the_whole_log_is_refused_quickly() {
+        let guid = [9u8; 16];
+        let n = 4 << 20;
+        let mut log = vec![0u8; n];
+        for at in (0..n).step_by(SECTOR) {
+            log[at..at + 4].copy_from_slice(ENTRY_SIG);
+            log[at + 8..at + 12].copy_from_slice(&(n as u32).to_le_bytes());
+            log[at + 16] = 1;
+            log[at + 32..at + 48].copy_from_slice(&guid);
+        }
+        let t = std::time::Instant::now();
+        assert!(active_sequence(&log, &guid).is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_long_chain_of_small_entries_is_searched_quickly() {
+        // Every sector an entry of one sector, numbered in order, each naming
+        // the first as its tail: the latest is the head, found at once.
+        let guid = [9u8; 16];
+        let n = 1 << 20;
+        let mut log = vec![0u8; n];
+        for (i, at) in (0..n).step_by(SECTOR).enumerate() {
+            let e = encode_entry(i as u64 + 1, 0, &guid, 0, 0, &[]);
+            log[at..at + SECTOR].copy_from_slice(&e);
+        }
+        let seq = active_sequence(&log, &guid).unwrap().unwrap();
+        assert_eq!(seq.len(), n / SECTOR);
     }
 }

@@ -55,7 +55,7 @@ const MAX_LOG: u64 = 256 << 20;
 /// The largest metadata region read into memory.
 const MAX_METADATA: u64 = 64 << 20;
 /// How far a log entry may say the file extends past its current end.
-const MAX_LOG_GROWTH: u64 = 4 << 30;
+const MAX_LOG_GROWTH: u64 = 1 << 30;
 /// Bytes of a sector bitmap page kept in memory.
 const PAGE: u64 = 4096;
 /// How deep a chain of differencing disks may be.
@@ -332,6 +332,15 @@ impl VhdxDisk {
                 format!(
                     "BAT region: {} bytes, too small for the {} entries of a {}-byte disk with {}-byte blocks",
                     bat_region.length, geo.entries, meta.virtual_size, meta.block_size
+                ),
+            ));
+        }
+        if need > store.real_len {
+            return Err(corrupt(
+                path,
+                format!(
+                    "BAT region: its {} entries ({need} bytes) are more than the file's {} bytes",
+                    geo.entries, store.real_len
                 ),
             ));
         }
@@ -856,7 +865,7 @@ fn read_log(store: &Store, h: &Header) -> Result<Option<log::Replay>> {
     }
     let mut buf = vec![0u8; len as usize];
     read_exact_at(&store.file, path, &mut buf, h.log_offset, "log")?;
-    let Some(seq) = log::active_sequence(&buf, &h.log_guid) else {
+    let Some(seq) = log::active_sequence(&buf, &h.log_guid).map_err(|e| corrupt(path, e))? else {
         return Ok(None);
     };
     let r = log::replay(&seq);
