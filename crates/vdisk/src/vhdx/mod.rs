@@ -254,6 +254,25 @@ impl VhdxDisk {
             real_len,
             len: real_len,
         };
+        // The region tables lie in the header section, which the log never
+        // writes: they are read (and the log placed against them) first.
+        let regions = read_regions(&store)?;
+        let log_end = header.log_offset + u64::from(header.log_length);
+        if let Some(r) = regions
+            .regions
+            .iter()
+            .find(|r| r.offset < log_end && header.log_offset < r.offset + u64::from(r.length))
+        {
+            return Err(corrupt(
+                path,
+                format!(
+                    "header: the log ({} bytes at {}) overlaps the {}",
+                    header.log_length,
+                    header.log_offset,
+                    header::region_name(&r.guid)
+                ),
+            ));
+        }
         let mut slot = slot;
         let mut log_state = "clean";
         let mut log_entries = 0;
@@ -277,23 +296,6 @@ impl VhdxDisk {
                 slot = write_header(&store, slot, &mut h)?;
                 header = h;
             }
-        }
-        let regions = read_regions(&store)?;
-        let log_end = header.log_offset + u64::from(header.log_length);
-        if let Some(r) = regions
-            .regions
-            .iter()
-            .find(|r| r.offset < log_end && header.log_offset < r.offset + u64::from(r.length))
-        {
-            return Err(corrupt(
-                path,
-                format!(
-                    "header: the log ({} bytes at {}) overlaps the {}",
-                    header.log_length,
-                    header.log_offset,
-                    header::region_name(&r.guid)
-                ),
-            ));
         }
         let meta_region = regions
             .find(&header::METADATA_REGION)
