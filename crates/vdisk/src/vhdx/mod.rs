@@ -2,7 +2,8 @@
 //!
 //! On-disk structures are plain structs with `decode`/`encode` ([`header`],
 //! [`metadata`], [`log`]); block arithmetic is pure ([`bat`]); [`VhdxDisk`]
-//! does the file I/O.
+//! does the file I/O: opening and reading here, the header section and log
+//! I/O in `store`, the parent locator in `parent`, writing in `write`.
 //!
 //! # The log
 //! A header whose LogGuid is set names a log that may hold updates not yet
@@ -28,6 +29,9 @@ pub mod fields;
 pub mod header;
 pub mod log;
 pub mod metadata;
+mod parent;
+mod store;
+mod write;
 
 use crate::io::{
     file_len, host_allocated, is_zero, prefetch, read_exact_at, sync_data, write_all_at,
@@ -36,19 +40,17 @@ use crate::{
     check_range, push_extent, push_file_extents, Disk, Error, Extent, ExtentKind, ImageInfo, Result,
 };
 use bat::{pieces, Geometry};
-use fields::{guid_text, new_guid, ZERO_GUID};
-use header::{
-    Header, RegionTable, ALIGN, HEADER_OFFSETS, HEADER_SECTION, HEADER_SIZE, REGION_OFFSETS,
-    REGION_TABLE_SIZE,
-};
+use fields::{guid_text, ZERO_GUID};
+use header::{Header, ALIGN, HEADER_SECTION};
 use metadata::Metadata;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use check::check_file;
 pub use create::{create, create_child};
+use store::{apply_replay, read_headers, read_log, read_regions, write_header, Store};
 
 /// The largest log read into memory.
 const MAX_LOG: u64 = 256 << 20;
@@ -58,12 +60,6 @@ const MAX_METADATA: u64 = 64 << 20;
 const MAX_LOG_GROWTH: u64 = 1 << 30;
 /// Bytes of a sector bitmap page kept in memory.
 const PAGE: u64 = 4096;
-/// How deep a chain of differencing disks may be.
-const MAX_DEPTH: u32 = 64;
-
-thread_local! {
-    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
 
 /// What `img info` shows about a VHDX image beyond what every format shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -129,51 +125,6 @@ pub(crate) fn sniff(head: &[u8]) -> bool {
 /// Opens the VHDX image in `file`, for writing when `writable`.
 pub(crate) fn open(file: File, path: &Path, writable: bool) -> Result<Box<dyn Disk>> {
     Ok(Box::new(VhdxDisk::load(file, path, writable, true)?))
-}
-
-/// The file as the image's structures see it: with the writes of a log
-/// replayed in memory for a read-only open.
-struct Store {
-    file: File,
-    path: PathBuf,
-    /// Writes replayed in memory, in order.
-    patches: Vec<log::Write>,
-    /// The file's length, and the length the replayed log gives it.
-    real_len: u64,
-    len: u64,
-}
-
-impl Store {
-    fn read(&self, buf: &mut [u8], offset: u64, what: impl std::fmt::Display) -> Result<()> {
-        if self.patches.is_empty() && self.len == self.real_len {
-            return read_exact_at(&self.file, &self.path, buf, offset, what);
-        }
-        let len = buf.len() as u64;
-        if offset.checked_add(len).is_none_or(|e| e > self.len) {
-            return Err(Error::corrupt(
-                &self.path,
-                format!("{what} at offset {offset} ({len} bytes) extends past the end of the file"),
-            ));
-        }
-        let real = self.real_len.saturating_sub(offset).min(len) as usize;
-        let (head, rest) = buf.split_at_mut(real);
-        read_exact_at(&self.file, &self.path, head, offset, &what)?;
-        rest.fill(0);
-        for w in &self.patches {
-            let (s, e) = (w.offset.max(offset), (w.offset + w.len).min(offset + len));
-            if s >= e {
-                continue;
-            }
-            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
-            match &w.data {
-                Some(d) => {
-                    dst.copy_from_slice(&d[(s - w.offset) as usize..(e - w.offset) as usize])
-                }
-                None => dst.fill(0),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An open VHDX image.
@@ -379,109 +330,6 @@ impl VhdxDisk {
         &self.store.path
     }
 
-    /// Finds and opens the parent through the parent locator: the relative
-    /// path first, then the absolute one, each checked against parent_linkage.
-    fn open_parent(&mut self) -> Result<()> {
-        let path = self.store.path.clone();
-        let loc = self.meta.parent.clone().ok_or_else(|| {
-            corrupt(
-                &path,
-                "file parameters: HasParent is set but there is no parent locator",
-            )
-        })?;
-        if loc.kind != metadata::VHDX_PARENT_TYPE {
-            return Err(Error::unsupported(
-                &path,
-                format!(
-                    "parent locator: unknown locator type {}",
-                    guid_text(&loc.kind)
-                ),
-            ));
-        }
-        let linkage = loc
-            .get("parent_linkage")
-            .ok_or_else(|| corrupt(&path, "parent locator: no parent_linkage entry"))?
-            .to_string();
-        let want = fields::parse_guid(&linkage).ok_or_else(|| {
-            corrupt(
-                &path,
-                format!("parent locator: parent_linkage {linkage:?} is not a GUID"),
-            )
-        })?;
-        let want2 = loc.get("parent_linkage2").and_then(fields::parse_guid);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut tried = Vec::new();
-        let mut candidates = Vec::new();
-        if let Some(r) = loc.get("relative_path") {
-            candidates.push(dir.join(windows_path(r)));
-        }
-        if let Some(a) = loc.get("absolute_win32_path") {
-            candidates.push(PathBuf::from(windows_path(a)));
-        }
-        let depth = DEPTH.with(|d| d.get());
-        if depth >= MAX_DEPTH {
-            return Err(Error::unsupported(
-                &path,
-                format!("the chain of parents is deeper than {MAX_DEPTH} (a loop?)"),
-            ));
-        }
-        for c in candidates {
-            if !c.is_file() {
-                tried.push(format!("{} (not found)", c.display()));
-                continue;
-            }
-            DEPTH.with(|d| d.set(depth + 1));
-            let opened = crate::format::open(&c, crate::OpenOptions { writable: false });
-            DEPTH.with(|d| d.set(depth));
-            let parent = match opened {
-                Ok(p) => p,
-                // The user opened this file: say so first. Deeper links pass
-                // their error up unchanged, so that it is prefixed once.
-                Err(e) if depth == 0 => return Err(parent_error(&path, &c, e)),
-                Err(e) => return Err(e),
-            };
-            if parent.virtual_size() < self.meta.virtual_size {
-                tried.push(format!(
-                    "{} (its {} bytes are fewer than the child's {})",
-                    c.display(),
-                    parent.virtual_size(),
-                    self.meta.virtual_size
-                ));
-                continue;
-            }
-            if let Some(crate::FormatDetails::Vhdx(pi)) = parent.info()?.details {
-                let got = fields::parse_guid(&pi.data_write_guid).unwrap_or(ZERO_GUID);
-                if got != want && Some(got) != want2 {
-                    tried.push(format!(
-                        "{} (its DataWriteGuid {} is not the parent_linkage {}: it changed since the child was made)",
-                        c.display(),
-                        pi.data_write_guid,
-                        guid_text(&want)
-                    ));
-                    continue;
-                }
-            }
-            self.parent_info = Some(Box::new(VhdxParentInfo {
-                file: c.display().to_string(),
-                parent_linkage: linkage,
-                relative_path: loc.get("relative_path").map(str::to_string),
-                absolute_win32_path: loc.get("absolute_win32_path").map(str::to_string),
-                volume_path: loc.get("volume_path").map(str::to_string),
-            }));
-            self.parent = Some(parent);
-            return Ok(());
-        }
-        Err(Error::InvalidArgument(format!(
-            "{}: cannot find the parent disk: tried {}",
-            path.display(),
-            if tried.is_empty() {
-                "no path (the locator has none)".to_string()
-            } else {
-                tried.join(", ")
-            }
-        )))
-    }
-
     /// The payload entry of `block`.
     fn entry(&self, block: u64) -> u64 {
         let i = self.geo.payload_index(block);
@@ -596,359 +444,6 @@ impl VhdxDisk {
         }
         (n, bytes)
     }
-
-    /// Renews FileWriteGuid and DataWriteGuid on the first write of this open.
-    fn begin_writing(&mut self) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.store.path.clone(),
-            });
-        }
-        if self.session {
-            return Ok(());
-        }
-        let mut h = self.header.clone();
-        h.file_write_guid = new_guid(&self.store.path)?;
-        h.data_write_guid = new_guid(&self.store.path)?;
-        self.slot = write_header(&self.store, self.slot, &mut h)?;
-        self.header = h;
-        self.session = true;
-        Ok(())
-    }
-
-    /// Reads sector bitmap bytes at `offset` of the file, with the pages
-    /// changed in memory.
-    fn read_bitmap(&self, buf: &mut [u8], offset: u64, chunk: u64) -> Result<()> {
-        self.store
-            .read(buf, offset, format_args!("sector bitmap of chunk {chunk}"))?;
-        let end = offset + buf.len() as u64;
-        let first = offset / PAGE * PAGE;
-        for (&at, page) in self.bitmap_pages.range(first..end) {
-            let (s, e) = (at.max(offset), (at + PAGE).min(end));
-            buf[(s - offset) as usize..(e - offset) as usize]
-                .copy_from_slice(&page[(s - at) as usize..(e - at) as usize]);
-        }
-        Ok(())
-    }
-
-    /// Places `len` bytes (zeros) at the 1 MiB-aligned end of the file.
-    fn allocate_space(&mut self, len: u64) -> Result<u64> {
-        let at = self
-            .next_block
-            .max(self.store.real_len.div_ceil(ALIGN) * ALIGN);
-        let end = at + len;
-        self.store
-            .file
-            .set_len(end)
-            .map_err(|e| Error::io(&self.store.path, "resize", e))?;
-        self.store.real_len = end;
-        self.store.len = end;
-        self.next_block = end;
-        Ok(at)
-    }
-
-    /// Places payload block `block` at the end of the file in `state`; its
-    /// BAT entry changes in memory.
-    fn allocate(&mut self, block: u64, state: u8) -> Result<u64> {
-        let at = self.allocate_space(self.geo.block_size)?;
-        self.set_entry(self.geo.payload_index(block), bat::entry(state, at));
-        Ok(at)
-    }
-
-    /// The file offset of the sector bitmap block of `chunk`, placed at the
-    /// end of the file (all clear) when it has none.
-    fn ensure_bitmap(&mut self, chunk: u64) -> Result<u64> {
-        let i = self.geo.bitmap_index(chunk);
-        let e = self.bat.get(i as usize).copied().unwrap_or(0);
-        if bat::state(e) == bat::SB_PRESENT {
-            if bat::offset(e) < HEADER_SECTION {
-                return Err(corrupt(
-                    self.path_buf(),
-                    format!("BAT entry {i} (sector bitmap of chunk {chunk}): offset {} inside the header section", bat::offset(e)),
-                ));
-            }
-            return Ok(bat::offset(e));
-        }
-        let at = self.allocate_space(bat::BITMAP_BLOCK)?;
-        self.set_entry(i, bat::entry(bat::SB_PRESENT, at));
-        Ok(at)
-    }
-
-    /// Marks sectors `[first, end)` of `block` present in its chunk's bitmap
-    /// (in memory until the next flush).
-    fn set_bits(&mut self, block: u64, first: u64, end: u64) -> Result<()> {
-        let chunk = block / self.geo.chunk_ratio;
-        let bm = self.ensure_bitmap(chunk)?;
-        let base = self.geo.bitmap_bit(block);
-        for bit in base + first..base + end {
-            let byte = bm + bit / 8;
-            let page_at = byte / PAGE * PAGE;
-            if !self.bitmap_pages.contains_key(&page_at) {
-                let mut page = vec![0u8; PAGE as usize];
-                self.store.read(
-                    &mut page,
-                    page_at,
-                    format_args!("sector bitmap of chunk {chunk}"),
-                )?;
-                self.bitmap_pages.insert(page_at, page);
-            }
-            if let Some(page) = self.bitmap_pages.get_mut(&page_at) {
-                page[(byte - page_at) as usize] |= 1 << (bit % 8);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes `data` at `within` of block `block` of a differencing disk
-    /// whose entry `ent` does not hold the whole block: the sectors written
-    /// go into the child's block and are marked in the sector bitmap;
-    /// sectors written only in part get the rest of their bytes from what the
-    /// disk read there before.
-    fn write_partial(&mut self, block: u64, within: u64, data: &[u8], ent: u64) -> Result<()> {
-        let sector = self.geo.sector;
-        let chunk = block / self.geo.chunk_ratio;
-        self.ensure_bitmap(chunk)?;
-        let at = if bat::state(ent) == bat::PARTIALLY_PRESENT {
-            self.block_offset(block, ent)?
-        } else {
-            self.allocate(block, bat::PARTIALLY_PRESENT)?
-        };
-        let len = data.len() as u64;
-        let s0 = within / sector * sector;
-        let s1 = (within + len).div_ceil(sector) * sector;
-        let guest = block * self.geo.block_size;
-        if s0 == within && s1 == within + len {
-            write_all_at(&self.store.file, &self.store.path, data, at + within)?;
-        } else {
-            let mut buf = vec![0u8; (s1 - s0) as usize];
-            let last = s1 - sector;
-            for s in [s0, last] {
-                let o = (s - s0) as usize;
-                self.read_at(&mut buf[o..o + sector as usize], guest + s)?;
-            }
-            buf[(within - s0) as usize..(within - s0 + len) as usize].copy_from_slice(data);
-            write_all_at(&self.store.file, &self.store.path, &buf, at + s0)?;
-        }
-        self.set_bits(block, s0 / sector, s1 / sector)
-    }
-
-    fn set_entry(&mut self, index: u64, e: u64) {
-        if let Some(slot) = self.bat.get_mut(index as usize) {
-            *slot = e;
-            self.dirty.insert(index * 8 / log::SECTOR as u64);
-        }
-    }
-
-    /// Whether BAT entries or sector bitmap bits changed since the last flush.
-    fn pending(&self) -> bool {
-        !self.dirty.is_empty() || !self.bitmap_pages.is_empty()
-    }
-
-    /// Writes the changed BAT sectors through the log (see the module docs).
-    fn commit_bat(&mut self) -> Result<()> {
-        if !self.pending() {
-            return Ok(());
-        }
-        let path = self.store.path.clone();
-        sync_data(&self.store.file, &path)?;
-        let log_guid = new_guid(&path)?;
-        let mut h = self.header.clone();
-        h.log_guid = log_guid;
-        self.slot = write_header(&self.store, self.slot, &mut h)?;
-        self.header = h;
-        // Bitmap pages before the BAT sectors: should the writes need more
-        // than one entry, bits set ahead of the entry that points at their
-        // block are never looked at.
-        let mut all: Vec<(u64, Vec<u8>)> =
-            std::mem::take(&mut self.bitmap_pages).into_iter().collect();
-        for s in std::mem::take(&mut self.dirty) {
-            let mut data = vec![0u8; log::SECTOR];
-            let first = (s * log::SECTOR as u64 / 8) as usize;
-            for (i, c) in data.chunks_exact_mut(8).enumerate() {
-                let e = self.bat.get(first + i).copied().unwrap_or(0);
-                c.copy_from_slice(&e.to_le_bytes());
-            }
-            all.push((self.bat_offset + s * log::SECTOR as u64, data));
-        }
-        let per_entry = log::capacity(u64::from(self.header.log_length)).max(1);
-        let file_size = self.store.real_len;
-        for writes in all.chunks(per_entry) {
-            self.log_sequence += 1;
-            let entry = log::encode_entry(
-                self.log_sequence,
-                0,
-                &log_guid,
-                file_size,
-                file_size,
-                writes,
-            );
-            write_all_at(&self.store.file, &path, &entry, self.header.log_offset)?;
-            sync_data(&self.store.file, &path)?;
-            for (off, data) in writes {
-                write_all_at(&self.store.file, &path, data, *off)?;
-            }
-            sync_data(&self.store.file, &path)?;
-        }
-        let mut h = self.header.clone();
-        h.log_guid = ZERO_GUID;
-        self.slot = write_header(&self.store, self.slot, &mut h)?;
-        self.header = h;
-        Ok(())
-    }
-}
-
-/// A path from a parent locator, with Windows separators turned into '/'
-/// and a leading "./" dropped.
-fn windows_path(p: &str) -> String {
-    let p = p.replace('\\', "/");
-    match p.strip_prefix("./") {
-        Some(rest) => rest.to_string(),
-        None => p,
-    }
-}
-
-/// `e`, from opening `parent` of `child`, told as an error of `child`.
-fn parent_error(child: &Path, parent: &Path, e: Error) -> Error {
-    let shown = parent.display();
-    match e {
-        Error::Corrupt { path, what } => {
-            Error::corrupt(child, format!("parent {shown}: {}: {what}", path.display()))
-        }
-        Error::Unsupported { path, what } => {
-            Error::unsupported(child, format!("parent {shown}: {}: {what}", path.display()))
-        }
-        Error::InvalidArgument(what) => {
-            Error::InvalidArgument(format!("{}: parent {shown}: {what}", child.display()))
-        }
-        other => other,
-    }
-}
-
-fn read_headers(
-    file: &File,
-    path: &Path,
-    len: u64,
-) -> Result<[std::result::Result<Header, String>; 2]> {
-    let mut out = [Err(String::new()), Err(String::new())];
-    for (i, off) in HEADER_OFFSETS.iter().enumerate() {
-        let mut b = vec![0u8; HEADER_SIZE];
-        read_exact_at(file, path, &mut b, *off, format_args!("header {}", i + 1))?;
-        out[i] = Header::decode(&b).and_then(|h| h.validate(len).map(|()| h));
-    }
-    Ok(out)
-}
-
-fn read_regions(store: &Store) -> Result<RegionTable> {
-    let mut why = Vec::new();
-    for (i, off) in REGION_OFFSETS.iter().enumerate() {
-        let mut b = vec![0u8; REGION_TABLE_SIZE];
-        store.read(&mut b, *off, format_args!("region table {}", i + 1))?;
-        match RegionTable::decode(&b).and_then(|t| t.validate(store.len).map(|()| t)) {
-            Ok(t) => return Ok(t),
-            Err(e) => why.push(format!("region table {}: {e}", i + 1)),
-        }
-    }
-    let text = why.join("; ");
-    if text.contains("unknown required region") {
-        return Err(Error::unsupported(&store.path, text));
-    }
-    Err(corrupt(&store.path, text))
-}
-
-/// Reads the log and finds what replaying it does, checked against the file.
-fn read_log(store: &Store, h: &Header) -> Result<Option<log::Replay>> {
-    let path = &store.path;
-    let len = u64::from(h.log_length);
-    if len > MAX_LOG {
-        return Err(Error::unsupported(
-            path,
-            format!("log of {len} bytes is larger than the {MAX_LOG} supported"),
-        ));
-    }
-    let mut buf = vec![0u8; len as usize];
-    read_exact_at(&store.file, path, &mut buf, h.log_offset, "log")?;
-    let Some(seq) = log::active_sequence(&buf, &h.log_guid).map_err(|e| corrupt(path, e))? else {
-        return Ok(None);
-    };
-    let r = log::replay(&seq);
-    if r.flushed_file_offset > store.real_len {
-        return Err(corrupt(
-            path,
-            format!(
-                "log: entry {} says the file was at least {} bytes long, but it has {}: data it needs was lost",
-                r.sequence, r.flushed_file_offset, store.real_len
-            ),
-        ));
-    }
-    let limit = store.real_len.max(r.last_file_offset);
-    if r.last_file_offset > store.real_len.saturating_add(MAX_LOG_GROWTH) {
-        return Err(corrupt(
-            path,
-            format!(
-                "log: entry {} extends the file to {} bytes, far past its {}",
-                r.sequence, r.last_file_offset, store.real_len
-            ),
-        ));
-    }
-    let log_end = h.log_offset + len;
-    for w in &r.writes {
-        let end = w.offset.checked_add(w.len);
-        let bad = if w.offset < HEADER_SECTION {
-            Some("the header section")
-        } else if end.is_none_or(|e| e > limit) {
-            Some("past the end of the file")
-        } else if w.offset < log_end && h.log_offset < end.unwrap_or(u64::MAX) {
-            Some("the log itself")
-        } else {
-            None
-        };
-        if let Some(what) = bad {
-            return Err(corrupt(
-                path,
-                format!(
-                    "log: entry {} writes {} bytes at {} into {what}",
-                    r.sequence, w.len, w.offset
-                ),
-            ));
-        }
-    }
-    Ok(Some(r))
-}
-
-/// Writes a replay into the file and makes it durable.
-fn apply_replay(store: &Store, r: &log::Replay) -> Result<()> {
-    let path = &store.path;
-    if r.last_file_offset > store.real_len {
-        store
-            .file
-            .set_len(r.last_file_offset)
-            .map_err(|e| Error::io(path, "resize", e))?;
-    }
-    let zeros = vec![0u8; 1 << 20];
-    for w in &r.writes {
-        match &w.data {
-            Some(d) => write_all_at(&store.file, path, d, w.offset)?,
-            None => {
-                let mut pos = 0;
-                while pos < w.len {
-                    let n = (w.len - pos).min(zeros.len() as u64);
-                    write_all_at(&store.file, path, &zeros[..n as usize], w.offset + pos)?;
-                    pos += n;
-                }
-            }
-        }
-    }
-    sync_data(&store.file, path)
-}
-
-/// Writes `h`, with the next sequence number, over the header that is not
-/// current, and syncs it ([MS-VHDX] 2.2.2.1). Returns the new current slot.
-fn write_header(store: &Store, current: usize, h: &mut Header) -> Result<usize> {
-    h.sequence += 1;
-    let other = 1 - current.min(1);
-    write_all_at(&store.file, &store.path, &h.encode(), HEADER_OFFSETS[other])?;
-    sync_data(&store.file, &store.path)?;
-    Ok(other)
 }
 
 impl Disk for VhdxDisk {
