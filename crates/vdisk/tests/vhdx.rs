@@ -1038,3 +1038,39 @@ fn crash_run(differencing: bool, iterations: u64) {
         "only {mid_run} kills landed mid-run"
     );
 }
+
+/// A VHDX child over a parent of another format (VHD here, raw too): reads
+/// fall through to it, and writes stay in the child.
+#[test]
+fn a_vhdx_child_over_a_vhd_or_raw_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 6 << 20;
+    let vhd = dir.path().join("base.vhd");
+    vdisk::create(&vhd, size, &CreateOptions::default(), false).unwrap();
+    let raw = dir.path().join("base.img");
+    let mut expect = vec![0u8; size as usize];
+    expect[1 << 20..3 << 20].fill(0x71);
+    std::fs::write(&raw, &expect).unwrap();
+    {
+        let mut d = vdisk::open(&vhd, OpenOptions { writable: true }).unwrap();
+        d.write_at(&expect, 0).unwrap();
+        d.flush().unwrap();
+    }
+    for (i, parent) in [&vhd, &raw].into_iter().enumerate() {
+        let before = std::fs::read(parent).unwrap();
+        let child = dir.path().join(format!("child{i}.vhdx"));
+        let mut c = new_child(&child, parent);
+        c.write_at(&[0x72; 1000], (2 << 20) - 500).unwrap();
+        c.flush().unwrap();
+        drop(c);
+        let mut want = expect.clone();
+        want[(2 << 20) - 500..(2 << 20) + 500].fill(0x72);
+        let c = vdisk::open(&child, OpenOptions::default()).unwrap();
+        assert!(read_all(&*c) == want);
+        assert_eq!(c.info().unwrap().chain.len(), 2);
+        assert!(
+            std::fs::read(parent).unwrap() == before,
+            "the parent changed"
+        );
+    }
+}

@@ -545,3 +545,146 @@ fn random_damage_never_panics() {
         outcome.assert_errors_name(&path);
     }
 }
+
+/// A child's parent locator broken in one way each: the open fails with an
+/// error naming the child and what is wrong; nothing panics.
+#[test]
+fn broken_parent_locators_are_refused() {
+    use vdisk::vhdx::metadata::{ParentLocator, PARENT_LOCATOR, VHDX_PARENT_TYPE};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.vhdx");
+    std::fs::write(&p, base(dir.path())).unwrap();
+    let c = dir.path().join("c.vhdx");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&c)
+        .unwrap();
+    drop(vdisk::vhdx::create_child(f, &c, &p, None).unwrap());
+    let good = std::fs::read(&c).unwrap();
+    let l = layout(&good);
+    // The locator item: the table entry whose GUID is the locator's.
+    let (entry, item) = (0..6)
+        .map(|n| meta_item(&good, l.meta, n))
+        .find(|(e, _)| good[*e as usize..*e as usize + 16] == PARENT_LOCATOR)
+        .unwrap();
+    let item_len = u32::from_le_bytes(
+        good[entry as usize + 20..entry as usize + 24]
+            .try_into()
+            .unwrap(),
+    );
+    let with_locator = |loc: &ParentLocator| {
+        let mut b = good.clone();
+        let bytes = loc.encode();
+        b[item as usize..item as usize + bytes.len()].copy_from_slice(&bytes);
+        put_u32(&mut b, entry + 20, bytes.len() as u32);
+        b
+    };
+    let entries = |pairs: &[(&str, &str)]| ParentLocator {
+        kind: VHDX_PARENT_TYPE,
+        entries: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let linkage = {
+        let d = vdisk::open(&p, OpenOptions::default()).unwrap();
+        match d.info().unwrap().details {
+            Some(vdisk::FormatDetails::Vhdx(v)) => format!("{{{}}}", v.data_write_guid),
+            _ => unreachable!(),
+        }
+    };
+    let mut cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "value past the item",
+            {
+                let mut b = good.clone();
+                put_u32(&mut b, item + 20 + 4, item_len + 100);
+                b
+            },
+            &["parent locator entry 0", "outside the item"],
+        ),
+        (
+            "count past the item",
+            {
+                let mut b = good.clone();
+                b[item as usize + 18..item as usize + 20].copy_from_slice(&u16::MAX.to_le_bytes());
+                b
+            },
+            &["key/value entries do not fit"],
+        ),
+        (
+            "unknown locator type",
+            with_locator(&ParentLocator {
+                kind: [1; 16],
+                ..entries(&[("parent_linkage", &linkage)])
+            }),
+            &["unknown locator type"],
+        ),
+        (
+            "no linkage",
+            with_locator(&entries(&[("relative_path", "p.vhdx")])),
+            &["no parent_linkage"],
+        ),
+        (
+            "linkage not a GUID",
+            with_locator(&entries(&[
+                ("parent_linkage", "nope"),
+                ("relative_path", "p.vhdx"),
+            ])),
+            &["parent_linkage", "not a GUID"],
+        ),
+        (
+            "no path",
+            with_locator(&entries(&[("parent_linkage", &linkage)])),
+            &["cannot find the parent"],
+        ),
+        (
+            "missing parent",
+            with_locator(&entries(&[
+                ("parent_linkage", &linkage),
+                ("relative_path", "gone.vhdx"),
+                ("absolute_win32_path", "/nonexistent/gone.vhdx"),
+            ])),
+            &["cannot find the parent", "gone.vhdx"],
+        ),
+        (
+            "wrong linkage",
+            with_locator(&entries(&[
+                ("parent_linkage", "{00000000-0000-0000-0000-000000000001}"),
+                ("relative_path", "p.vhdx"),
+            ])),
+            &["DataWriteGuid"],
+        ),
+        (
+            "parent is a directory",
+            with_locator(&entries(&[
+                ("parent_linkage", &linkage),
+                ("relative_path", "."),
+            ])),
+            &["cannot find the parent"],
+        ),
+    ];
+    // The locator as written opens: the cases above break only what they say.
+    cases.push((
+        "as written",
+        with_locator(&entries(&[
+            ("parent_linkage", &linkage),
+            ("relative_path", ".\\p.vhdx"),
+        ])),
+        &[],
+    ));
+    for (name, bytes, words) in cases {
+        std::fs::write(&c, &bytes).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(&c, BUDGET)))
+            .unwrap_or_else(|_| panic!("{name}: panicked"));
+        outcome.assert_errors_name(&c);
+        match (&outcome.open, words.is_empty()) {
+            (Ok(_), true) => {}
+            (Ok(_), false) => panic!("{name}: opened"),
+            (Err(e), true) => panic!("{name}: {e}"),
+            (Err(e), false) => assert!(words.iter().all(|w| e.contains(w)), "{name}: {e}"),
+        }
+    }
+}

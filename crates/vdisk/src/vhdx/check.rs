@@ -98,6 +98,18 @@ pub fn check_file(file: &File, path: &Path) -> Result<CheckReport> {
         }
     };
     r.virtual_size = Some(disk.meta.virtual_size);
+    if let Some(loc) = &disk.meta.parent {
+        let names: Vec<String> = loc
+            .entries
+            .iter()
+            .filter(|(k, _)| k.ends_with("path"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        r.note(format!(
+            "a differencing disk: its parent is not checked here (locator: {})",
+            names.join(", ")
+        ));
+    }
     check_bat(&disk, &mut r);
     Ok(r)
 }
