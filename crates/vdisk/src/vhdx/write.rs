@@ -178,9 +178,14 @@ impl VhdxDisk {
         // Bitmap pages before the BAT sectors: should the writes need more
         // than one entry, bits set ahead of the entry that points at their
         // block are never looked at.
-        let mut all: Vec<(u64, Vec<u8>)> =
-            std::mem::take(&mut self.bitmap_pages).into_iter().collect();
-        for s in std::mem::take(&mut self.dirty) {
+        // Kept in memory until they are in the file: a failed flush leaves
+        // them for the next.
+        let mut all: Vec<(u64, Vec<u8>)> = self
+            .bitmap_pages
+            .iter()
+            .map(|(&k, v)| (k, v.clone()))
+            .collect();
+        for &s in &self.dirty {
             let mut data = vec![0u8; log::SECTOR];
             let first = (s * log::SECTOR as u64 / 8) as usize;
             for (i, c) in data.chunks_exact_mut(8).enumerate() {
@@ -208,6 +213,8 @@ impl VhdxDisk {
             }
             sync_data(&self.store.file, &path)?;
         }
+        self.bitmap_pages.clear();
+        self.dirty.clear();
         let mut h = self.header.clone();
         h.log_guid = ZERO_GUID;
         self.slot = write_header(&self.store, self.slot, &mut h)?;
