@@ -666,6 +666,20 @@ fn broken_parent_locators_are_refused() {
             &["cannot find the parent"],
         ),
     ];
+    // Windows paths from another machine: the parent is found beside the child.
+    cases.push((
+        "Windows paths",
+        with_locator(&entries(&[
+            ("parent_linkage", &linkage),
+            ("relative_path", "..\\VMs\\p.vhdx"),
+            (
+                "volume_path",
+                "\\\\?\\Volume{26A21BDA-A627-11D7-9931-806E6F6E6963}\\VMs\\p.vhdx",
+            ),
+            ("absolute_win32_path", "C:\\VMs\\p.vhdx"),
+        ])),
+        &[],
+    ));
     // The locator as written opens: the cases above break only what they say.
     cases.push((
         "as written",

@@ -47,13 +47,31 @@ impl VhdxDisk {
         let want2 = loc.get("parent_linkage2").and_then(fields::parse_guid);
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut tried = Vec::new();
-        let mut candidates = Vec::new();
+        // Like Windows: the relative path first, so that a chain moved as a
+        // whole still opens; then the absolute one (a drive-letter path means
+        // nothing here); then a file of the parent's name beside the child.
+        // parent_linkage tells the right parent from a namesake.
+        let mut candidates: Vec<PathBuf> = Vec::new();
         if let Some(r) = loc.get("relative_path") {
             candidates.push(dir.join(windows_path(r)));
         }
         if let Some(a) = loc.get("absolute_win32_path") {
-            candidates.push(PathBuf::from(windows_path(a)));
+            let a = windows_path(a);
+            if a.starts_with('/') {
+                candidates.push(PathBuf::from(&a));
+            }
         }
+        for key in ["relative_path", "absolute_win32_path", "volume_path"] {
+            if let Some(name) = loc
+                .get(key)
+                .and_then(|v| v.rsplit(['\\', '/']).next())
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            {
+                candidates.push(dir.join(name));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|p| seen.insert(p.clone()));
         let depth = DEPTH.with(|d| d.get());
         if depth >= MAX_DEPTH {
             return Err(Error::unsupported(
