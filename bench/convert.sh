@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Times `vmhub img convert` against `qemu-img convert` and `cp --sparse=always`
-# on the same 4 GiB sparse raw image holding 1 GiB of random data.
+# on the same 4 GiB sparse raw image holding 1 GiB of random data, and on the
+# same disk as a VHDX and a qcow2 that qemu-img made (VHDX → raw, qcow2 → VHD).
 #
 # Usage: bench/convert.sh [WORKDIR]
 #
@@ -161,6 +162,8 @@ vmhub_to_raw()  { "$VMHUB" img convert "$1" "$2" --format raw; mid=$EPOCHREALTIM
 qemu_to_vhd()   { qemu-img convert -f raw -O vpc -o force_size=on "$1" "$2"; mid=$EPOCHREALTIME; sync "$2"; }
 qemu_to_raw()   { qemu-img convert -f vpc -O raw "$1" "$2"; mid=$EPOCHREALTIME; sync "$2"; }
 cp_sparse()     { cp --sparse=always "$1" "$2"; mid=$EPOCHREALTIME; sync "$2"; }
+qemu_x2r()      { qemu-img convert -f vhdx -O raw "$1" "$2"; mid=$EPOCHREALTIME; sync "$2"; }
+qemu_q2v()      { qemu-img convert -f qcow2 -O vpc -o force_size=on "$1" "$2"; mid=$EPOCHREALTIME; sync "$2"; }
 
 # Checks OUTPUT (format FMT) against in.raw: same contents and virtual size.
 verify() {
@@ -246,6 +249,22 @@ phase() {
         qv2r.qemu qemu_to_raw in-q.vhd out-q.raw raw
     run_case "$mode" cp cp_sparse in.raw copy.raw raw
     rm -f out.raw out-q.raw copy.raw
+    # The other formats, as qemu-img writes them from in.raw: a dynamic VHDX
+    # with 1 MiB blocks (so that the disk's holes are whole blocks) and a
+    # qcow2 with its defaults (64 KiB clusters).
+    if [[ ! -e in.vhdx ]]; then
+        qemu-img convert -f raw -O vhdx -o subformat=dynamic,block_size=1M in.raw in.vhdx
+        qemu-img convert -f raw -O qcow2 in.raw in.qcow2
+        sync
+    fi
+    run_case "$mode" \
+        x2r.vmhub vmhub_to_raw in.vhdx out.raw raw \
+        x2r.qemu qemu_x2r in.vhdx out-q.raw raw
+    rm -f out.raw out-q.raw
+    run_case "$mode" \
+        q2v.vmhub vmhub_to_vhd in.qcow2 out.vhd vpc \
+        q2v.qemu qemu_q2v in.qcow2 out-q.vhd vpc
+    rm -f out.vhd out-q.vhd
 }
 
 modes=(warm)
@@ -274,8 +293,12 @@ declare -A label=(
     [qv2r.vmhub]='VHD (qemu-made) → raw | vmhub | `vmhub img convert in-q.vhd out.raw --format raw`'
     [qv2r.qemu]='VHD (qemu-made) → raw | qemu-img | `qemu-img convert -f vpc -O raw in-q.vhd out-q.raw; sync out-q.raw`'
     [cp]='raw → raw (floor) | cp | `cp --sparse=always in.raw copy.raw; sync copy.raw`'
+    [x2r.vmhub]='VHDX (qemu-made, 1 MiB blocks) → raw | vmhub | `vmhub img convert in.vhdx out.raw --format raw`'
+    [x2r.qemu]='VHDX (qemu-made, 1 MiB blocks) → raw | qemu-img | `qemu-img convert -f vhdx -O raw in.vhdx out-q.raw; sync out-q.raw`'
+    [q2v.vmhub]='qcow2 (qemu-made) → dyn VHD | vmhub | `vmhub img convert in.qcow2 out.vhd`'
+    [q2v.qemu]='qcow2 (qemu-made) → dyn VHD | qemu-img | `qemu-img convert -f qcow2 -O vpc -o force_size=on in.qcow2 out-q.vhd; sync out-q.vhd`'
 )
-order=(r2v.vmhub r2v.qemu v2r.vmhub v2r.qemu qv2r.vmhub qv2r.qemu cp)
+order=(r2v.vmhub r2v.qemu v2r.vmhub v2r.qemu qv2r.vmhub qv2r.qemu cp x2r.vmhub x2r.qemu q2v.vmhub q2v.qemu)
 
 cell() { # total median (min–max) [command alone]
     local k=$1 med lo hi
@@ -336,6 +359,8 @@ ratio_row() { # name a b target
 ratio_row 'raw → VHD: vmhub / qemu-img' r2v.vmhub r2v.qemu 0.5
 ratio_row 'VHD → raw (vmhub-made VHD): vmhub / qemu-img' v2r.vmhub v2r.qemu 0.7
 ratio_row 'VHD → raw (qemu-made VHD): vmhub / qemu-img' qv2r.vmhub qv2r.qemu 0.7
+ratio_row 'VHDX → raw: vmhub / qemu-img' x2r.vmhub x2r.qemu 0.5
+ratio_row 'qcow2 → VHD: vmhub / qemu-img' q2v.vmhub q2v.qemu 0.7
 ratio_row 'raw → VHD: vmhub / cp' r2v.vmhub cp 1.3
 ratio_row 'VHD → raw (vmhub-made VHD): vmhub / cp' v2r.vmhub cp 1.3
 ratio_row 'VHD → raw (qemu-made VHD): vmhub / cp' qv2r.vmhub cp 1.3

@@ -14,6 +14,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 
 need=()
 command -v vhdiinfo >/dev/null 2>&1 || need+=(libvhdi-utils)
+# libvhdi's Python binding reads differencing VHDX chains for the VHDX tests.
+installed python3-libvhdi || need+=(python3-libvhdi)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
 # For scripts/tiny-machine.sh.

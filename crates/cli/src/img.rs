@@ -358,11 +358,8 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             out,
             force,
         } => {
-            let block_size = out
-                .options(&file)
-                .block_size
-                .unwrap_or(vdisk::vhd::header::DEFAULT_BLOCK_SIZE);
-            vdisk::create_child(&file, &parent, block_size, force)?;
+            let opts = out.options(&file);
+            vdisk::create_child_as(opts.format, &file, &parent, opts.block_size, force)?;
             let disk = vdisk::open(&file, OpenOptions::default())?;
             let v = disk.virtual_size();
             out!(

@@ -252,6 +252,44 @@ pub fn create_child(path: &Path, parent: &Path, block_size: u64, overwrite: bool
     tmp.commit(&file)
 }
 
+/// Creates a differencing image of `format` at `path` over `parent`: a VHD
+/// child (whose parent must be a VHD), or a VHDX child (over any image;
+/// VHDX is the norm). Block size `None` takes the format's default for a
+/// child. It appears only once complete; an existing file is replaced only
+/// when `overwrite` is set.
+pub fn create_child_as(
+    format: Format,
+    path: &Path,
+    parent: &Path,
+    block_size: Option<u64>,
+    overwrite: bool,
+) -> Result<()> {
+    match format {
+        Format::Vhd => create_child(
+            path,
+            parent,
+            block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+            overwrite,
+        ),
+        Format::Vhdx => {
+            refuse_existing(path, overwrite)?;
+            let (tmp, file) = AtomicFile::create(path)?;
+            let handle = file
+                .try_clone()
+                .map_err(|e| Error::io(tmp.temp_path(), "dup", e))?;
+            let mut disk = crate::vhdx::create_child(handle, path, parent, block_size)?;
+            disk.flush()?;
+            drop(disk);
+            tmp.commit(&file)
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "{}: differencing images are made as VHD or VHDX, not {}",
+            path.display(),
+            other.name()
+        ))),
+    }
+}
+
 /// Points the differencing disk `child` at `parent` (moved or copied), checking
 /// that it is the disk the child was made over unless `force`. Returns warnings.
 pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {

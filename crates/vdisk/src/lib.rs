@@ -20,8 +20,8 @@ pub mod vmdk;
 
 pub use error::{Error, Result};
 pub use format::{
-    check, create, create_child, open, relink, repair, sniff, CreateOptions, Format, ImageType,
-    OpenOptions,
+    check, create, create_child, create_child_as, open, relink, repair, sniff, CreateOptions,
+    Format, ImageType, OpenOptions,
 };
 
 use serde::Serialize;

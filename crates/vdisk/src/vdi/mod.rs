@@ -49,6 +49,7 @@ const MAX_LISTED: usize = 20;
 #[serde(rename_all = "kebab-case")]
 pub struct VdiInfo {
     /// "dynamic" or "static".
+    #[serde(rename = "type")]
     pub image_type: String,
     /// Bytes per block.
     pub block_size: u64,

@@ -66,6 +66,7 @@ const PAGE: u64 = 4096;
 #[serde(rename_all = "kebab-case")]
 pub struct VhdxInfo {
     /// "fixed", "dynamic" or "differencing".
+    #[serde(rename = "type")]
     pub kind: &'static str,
     /// Bytes per payload block.
     pub block_size: u64,

@@ -1,0 +1,305 @@
+//! Every format through the command line, against qemu-img: `img convert`
+//! between every pair of formats, `img create` of each, and `info`, `check`
+//! and `map` of images qemu-img wrote in each. Byte equality is decided by
+//! `qemu-img compare`, never by vmhub alone.
+
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+/// The formats, as vmhub names them, the extension that selects each, and
+/// qemu-img's name for it.
+const FORMATS: [(&str, &str); 6] = [
+    ("raw", "raw"),
+    ("vhd", "vpc"),
+    ("vhdx", "vhdx"),
+    ("qcow2", "qcow2"),
+    ("vmdk", "vmdk"),
+    ("vdi", "vdi"),
+];
+
+/// 24 MiB plus a sector: odd, so that no format's block size divides it.
+const SIZE: u64 = 24 * MIB + SECTOR;
+
+fn qemu_name(format: &str) -> &'static str {
+    FORMATS
+        .iter()
+        .find(|f| f.0 == format)
+        .map(|f| f.1)
+        .unwrap_or_else(|| panic!("unknown format {format}"))
+}
+
+/// A sparse raw disk of `SIZE` bytes: random runs at scattered places, one
+/// run of zeros written as data, and holes between.
+fn source(dir: &Path) -> PathBuf {
+    let raw = dir.join("source.raw");
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(SIZE))
+        .expect("cannot create the source disk");
+    let mut rng = Rng::new(20261124);
+    let runs: [(u64, usize); 6] = [
+        (0, 4096),
+        (MIB - 512, 3 * 512),
+        (3 * MIB + 12345 / 512 * 512, 700 * 1024),
+        (9 * MIB, 2 * MIB as usize),
+        (17 * MIB + 64 * KIB, 128 * KIB as usize),
+        (SIZE - 1024, 1024),
+    ];
+    for (offset, len) in runs {
+        let mut buf = vec![0u8; len];
+        rng.fill(&mut buf);
+        write_at(&raw, offset, &buf);
+    }
+    write_at(&raw, 20 * MIB, &vec![0u8; 256 * KIB as usize]);
+    raw
+}
+
+fn tempdir() -> TempDir {
+    tempfile::tempdir().expect("cannot create a temporary directory")
+}
+
+/// `qemu-img check` where qemu-img has a checker for the format.
+fn qemu_check(format: &str, path: &Path) {
+    if matches!(format, "qcow2" | "vhdx" | "vdi" | "vmdk") {
+        peer_ok("qemu-img", ["check", "-f", qemu_name(format), p(path)]);
+    }
+}
+
+fn vmhub_check(path: &Path) {
+    vmhub_ok(["img", "check", p(path)]);
+}
+
+#[test]
+fn convert_between_every_pair_of_formats() {
+    let dir = tempdir();
+    let raw = source(dir.path());
+    // First from raw into every format, then from each of those into every
+    // format: 6 + 36 conversions, each compared with the source by qemu-img.
+    let mut firsts = Vec::new();
+    for (format, qemu) in FORMATS {
+        let out = dir.path().join(format!("first.{format}"));
+        vmhub_ok(["img", "convert", p(&raw), p(&out)]);
+        assert_eq!(
+            str_field(&vmhub_info(&out), "format"),
+            format,
+            "{} was written in the wrong format",
+            out.display()
+        );
+        assert_qemu_equal("raw", &raw, qemu, &out);
+        qemu_check(format, &out);
+        vmhub_check(&out);
+        firsts.push((format, out));
+    }
+    for (from, input) in &firsts {
+        for (to, qemu) in FORMATS {
+            let out = dir.path().join(format!("{from}-to.{to}"));
+            vmhub_ok(["img", "convert", p(input), p(&out)]);
+            assert_qemu_equal("raw", &raw, qemu, &out);
+            qemu_check(to, &out);
+            vmhub_ok(["img", "compare", p(input), p(&out)]);
+            std::fs::remove_file(&out).expect("cannot remove a converted image");
+        }
+    }
+}
+
+#[test]
+fn images_qemu_writes_read_the_same_in_vmhub() {
+    let dir = tempdir();
+    let raw = source(dir.path());
+    let variants: &[(&str, &str)] = &[
+        ("vpc", "subformat=dynamic,force_size=on"),
+        ("vpc", "subformat=fixed,force_size=on"),
+        ("vhdx", "subformat=dynamic,block_size=1M"),
+        ("vhdx", "subformat=dynamic,block_size=32M,log_size=8M"),
+        ("vhdx", "subformat=dynamic,block_size=256M"),
+        ("vhdx", "subformat=fixed"),
+        ("qcow2", "compat=0.10"),
+        ("qcow2", "compat=1.1,cluster_size=4096"),
+        ("qcow2", "compat=1.1,cluster_size=2M,extended_l2=on"),
+        ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=streamOptimized"),
+        ("vmdk", "subformat=monolithicFlat"),
+        ("vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("vdi", "static=off"),
+        ("vdi", "static=on"),
+    ];
+    for (i, (qemu, options)) in variants.iter().enumerate() {
+        let sub = dir.path().join(format!("v{i}"));
+        std::fs::create_dir(&sub).expect("cannot create a folder");
+        let img = sub.join(format!("q.{qemu}"));
+        peer_ok(
+            "qemu-img",
+            [
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                qemu,
+                "-o",
+                options,
+                p(&raw),
+                p(&img),
+            ],
+        );
+        let what = format!("{qemu} ({options})");
+        let info = vmhub_info(&img);
+        assert_eq!(
+            u64_field(&info, "virtual-size"),
+            u64_field(&qemu_info_as(qemu, &img), "virtual-size"),
+            "{what}: vmhub and qemu-img disagree on the size"
+        );
+        vmhub_check(&img);
+        let back = sub.join("back.raw");
+        vmhub_ok(["img", "convert", p(&img), p(&back)]);
+        assert_qemu_equal(qemu, &img, "raw", &back);
+        // The data vmhub maps must hold everything the source holds: a run
+        // the map calls unallocated or zero must read as zeros in the source.
+        let map = vmhub_map(&img);
+        let file = std::fs::File::open(&raw).expect("cannot open the source");
+        for e in map.iter().filter(|e| e.kind != "data") {
+            let mut off = e.offset;
+            while off < e.offset + e.length {
+                let n = (e.offset + e.length - off).min(MIB) as usize;
+                assert!(
+                    read_at(&file, off, n).iter().all(|&b| b == 0),
+                    "{what}: vmhub maps {e:?} as {} but the source holds data there",
+                    e.kind
+                );
+                off += n as u64;
+            }
+        }
+    }
+}
+
+/// `qemu-img info` with the format given (its probe would call a fixed VHD raw).
+fn qemu_info_as(format: &str, path: &Path) -> serde_json::Value {
+    let out = peer_ok(
+        "qemu-img",
+        ["info", "-f", format, "--output", "json", p(path)],
+    );
+    serde_json::from_slice(&out.stdout).expect("qemu-img info did not print JSON")
+}
+
+#[test]
+fn create_makes_what_qemu_reads() {
+    let dir = tempdir();
+    for (format, kind) in [
+        ("vhdx", "dynamic"),
+        ("vhdx", "fixed"),
+        ("qcow2", "dynamic"),
+        ("vdi", "dynamic"),
+        ("vdi", "fixed"),
+        ("vmdk", "dynamic"),
+    ] {
+        let img = dir.path().join(format!("{kind}.{format}"));
+        vmhub_ok(["img", "create", p(&img), "64M", "--type", kind]);
+        let qemu = qemu_info_as(qemu_name(format), &img);
+        assert_eq!(
+            u64_field(&qemu, "virtual-size"),
+            64 * MIB,
+            "qemu-img's size of the {kind} {format} vmhub created"
+        );
+        qemu_check(format, &img);
+        vmhub_check(&img);
+        // Data written into it by qemu (which writes every format but VMDK's
+        // streamOptimized) reads back the same through vmhub.
+        if format != "vmdk" {
+            let q = qemu_name(format);
+            peer_ok(
+                "qemu-io",
+                [
+                    "-f",
+                    q,
+                    "-c",
+                    "write -P 0x5a 5M 64k",
+                    "-c",
+                    "write -P 0xa5 63M 4k",
+                    p(&img),
+                ],
+            );
+            let back = dir.path().join(format!("{kind}-{format}.raw"));
+            vmhub_ok(["img", "convert", p(&img), p(&back)]);
+            assert_qemu_equal(qemu_name(format), &img, "raw", &back);
+        }
+    }
+}
+
+#[test]
+fn a_library_machine_exports_to_every_format() {
+    let dir = tempdir();
+    let raw = source(dir.path());
+    let home = dir.path().join("library");
+    vmhub_ok([
+        "import",
+        p(&raw),
+        "box:1",
+        "--os",
+        "none",
+        "--home",
+        p(&home),
+    ]);
+    for (format, qemu) in FORMATS {
+        let out = dir.path().join(format!("box.{format}"));
+        vmhub_ok([
+            "export",
+            "box:1",
+            p(&out),
+            "--format",
+            format,
+            "--home",
+            p(&home),
+        ]);
+        assert_qemu_equal("raw", &raw, qemu, &out);
+        qemu_check(format, &out);
+    }
+}
+
+#[test]
+fn a_differencing_vhdx_reads_through_its_parent() {
+    let dir = tempdir();
+    let raw = source(dir.path());
+    let base = dir.path().join("base.vhdx");
+    peer_ok(
+        "qemu-img",
+        [
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            p(&raw),
+            p(&base),
+        ],
+    );
+    let child = dir.path().join("child.vhdx");
+    vmhub_ok(["img", "create", p(&child), "--parent", p(&base)]);
+    let info = vmhub_info(&child);
+    assert_eq!(str_field(&info, "type"), "differencing", "{info}");
+    let chain = info["chain"].as_array().expect("img info lists the chain");
+    assert_eq!(chain.len(), 2, "{info}");
+    let vhdi = peer_ok("vhdiinfo", [p(&child)]);
+    let text = String::from_utf8_lossy(&vhdi.stdout);
+    assert!(
+        text.contains("Differential") && text.contains("base.vhdx"),
+        "vhdiinfo does not see a child of base.vhdx: {text}"
+    );
+    // Nothing written yet: the child reads as its parent, and flattening it
+    // gives the source.
+    let flat = dir.path().join("flat.qcow2");
+    vmhub_ok(["img", "convert", p(&child), p(&flat)]);
+    assert_qemu_equal("raw", &raw, "qcow2", &flat);
+    // A VHD child of a VHDX is refused with a clear error.
+    let out = vmhub([
+        "img",
+        "create",
+        p(&dir.path().join("c.vhd")),
+        "--parent",
+        p(&base),
+    ]);
+    assert!(!out.status.success(), "a VHD child of a VHDX was made");
+}
