@@ -117,7 +117,7 @@ fn reads_what_qemu_wrote() {
         assert_eq!(info.format, "vdi");
         let json = serde_json::to_string(&info).unwrap();
         let t = if extra.is_some() { "static" } else { "dynamic" };
-        assert!(json.contains(&format!("\"image-type\":\"{t}\"")), "{json}");
+        assert!(json.contains(&format!("\"type\":\"{t}\"")), "{json}");
     }
 }
 
