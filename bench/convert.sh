@@ -16,6 +16,7 @@
 #   COLD=1       also run the cold-cache variant (needs root; 0 to skip)
 #   BUDGET=300   seconds: the cold-cache variant is skipped (and said so) when
 #                the warm-cache one suggests it would end past this budget
+#   ONLY="..."   run only these cases (default all): r2v v2r qv2r cp x2r q2v
 #
 # How each command is timed (wall clock, bash $EPOCHREALTIME):
 #   vmhub        the command alone: it fsyncs its output (and the directory)
@@ -35,6 +36,8 @@ REPS=${REPS:-3}
 SEED=${SEED:-20250}
 COLD=${COLD:-1}
 BUDGET=${BUDGET:-300}
+ONLY=${ONLY:-r2v v2r qv2r cp x2r q2v}
+wanted() { [[ " $ONLY " = *" $1 "* ]]; }
 GiB=$((1 << 30))
 MiB=$((1 << 20))
 SIZE=$((4 * GiB))
@@ -231,40 +234,41 @@ run_case() {
 phase() {
     local mode=$1
     echo "running $mode-cache measurements ..." >&2
-    run_case "$mode" \
+    wanted r2v && run_case "$mode" \
         r2v.vmhub vmhub_to_vhd in.raw out.vhd vpc \
         r2v.qemu qemu_to_vhd in.raw out-q.vhd vpc
-    # The VHD inputs of the next cases: the ones each tool just made.
-    if [[ ! -e in.vhd ]]; then
-        cp --sparse=always out.vhd in.vhd
-        cp --sparse=always out-q.vhd in-q.vhd
+    # The VHD inputs of the next cases: the ones each tool made from in.raw.
+    if [[ ! -e in.vhd ]] && { wanted v2r || wanted qv2r; }; then
+        "$VMHUB" img convert in.raw in.vhd
+        qemu-img convert -f raw -O vpc -o force_size=on in.raw in-q.vhd
         sync
     fi
     rm -f out.vhd out-q.vhd
-    run_case "$mode" \
+    wanted v2r && run_case "$mode" \
         v2r.vmhub vmhub_to_raw in.vhd out.raw raw \
         v2r.qemu qemu_to_raw in.vhd out-q.raw raw
-    run_case "$mode" \
+    wanted qv2r && run_case "$mode" \
         qv2r.vmhub vmhub_to_raw in-q.vhd out.raw raw \
         qv2r.qemu qemu_to_raw in-q.vhd out-q.raw raw
-    run_case "$mode" cp cp_sparse in.raw copy.raw raw
+    wanted cp && run_case "$mode" cp cp_sparse in.raw copy.raw raw
     rm -f out.raw out-q.raw copy.raw
     # The other formats, as qemu-img writes them from in.raw: a dynamic VHDX
     # with 1 MiB blocks (so that the disk's holes are whole blocks) and a
     # qcow2 with its defaults (64 KiB clusters).
-    if [[ ! -e in.vhdx ]]; then
+    if [[ ! -e in.vhdx ]] && { wanted x2r || wanted q2v; }; then
         qemu-img convert -f raw -O vhdx -o subformat=dynamic,block_size=1M in.raw in.vhdx
         qemu-img convert -f raw -O qcow2 in.raw in.qcow2
         sync
     fi
-    run_case "$mode" \
+    wanted x2r && run_case "$mode" \
         x2r.vmhub vmhub_to_raw in.vhdx out.raw raw \
         x2r.qemu qemu_x2r in.vhdx out-q.raw raw
     rm -f out.raw out-q.raw
-    run_case "$mode" \
+    wanted q2v && run_case "$mode" \
         q2v.vmhub vmhub_to_vhd in.qcow2 out.vhd vpc \
         q2v.qemu qemu_q2v in.qcow2 out-q.vhd vpc
     rm -f out.vhd out-q.vhd
+    return 0
 }
 
 modes=(warm)
@@ -320,6 +324,7 @@ sep="|---|---|---|---"
 echo "$hdr | output allocated |"
 echo "$sep|---|"
 for k in "${order[@]}"; do
+    [[ -n ${results[warm.$k]:-} ]] || continue
     row="| ${label[$k]} | $(cell "warm.$k")"
     [[ $COLD = 1 ]] && row+=" | $(cell "cold.$k")"
     echo "$row | ${alloc[$k]} MiB |"
@@ -348,6 +353,7 @@ echo "$hdr |"
 echo "$sep|"
 ratio_row() { # name a b target
     local row="| $1 | ≤ $4" m r
+    [[ -n ${results[warm.$2]:-} && -n ${results[warm.$3]:-} ]] || return 0
     for m in "${modes[@]}"; do
         r=$(ratio "$m.$2" "$m.$3" 1)
         row+=" | $(printf '%.2f' "$r") ($(verdict "$r" "$4"))"
