@@ -141,6 +141,38 @@ pub(crate) fn push_file_extents(
     }
 }
 
+/// Pushes onto `out` how `parent` stores `[offset, offset+len)` of a child:
+/// the parent's own extents, then unallocated past its end (a parent may be
+/// smaller than its child) or everywhere when there is no parent.
+pub(crate) fn map_parent<D: Disk + ?Sized>(
+    parent: Option<&D>,
+    out: &mut Vec<Extent>,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
+    let avail = match parent {
+        Some(p) => {
+            let avail = p.virtual_size().saturating_sub(offset).min(len);
+            if avail > 0 {
+                for e in p.map(offset, avail)? {
+                    push_extent(out, e);
+                }
+            }
+            avail
+        }
+        None => 0,
+    };
+    push_extent(
+        out,
+        Extent {
+            offset: offset + avail,
+            length: len - avail,
+            kind: ExtentKind::Unallocated,
+        },
+    );
+    Ok(())
+}
+
 /// Writes zeros over `[offset, offset+len)` through [`Disk::write_at`], a bounded
 /// buffer at a time.
 pub fn write_zeroes_by_writing<D: Disk + ?Sized>(

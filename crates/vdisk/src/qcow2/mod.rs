@@ -608,27 +608,7 @@ impl Qcow2Disk {
     }
 
     fn map_backing(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
-        let avail = match &self.backing {
-            Some(b) => {
-                let avail = b.virtual_size().saturating_sub(offset).min(len);
-                if avail > 0 {
-                    for e in b.map(offset, avail)? {
-                        push_extent(out, e);
-                    }
-                }
-                avail
-            }
-            None => 0,
-        };
-        push_extent(
-            out,
-            Extent {
-                offset: offset + avail,
-                length: len - avail,
-                kind: ExtentKind::Unallocated,
-            },
-        );
-        Ok(())
+        crate::map_parent(self.backing.as_deref(), out, offset, len)
     }
 
     /// Counts data, compressed and zero guest clusters by walking every L2 table.

@@ -583,27 +583,7 @@ impl Dynamic {
     /// How the parent stores `[offset, offset+len)`: unallocated without one or
     /// past its end.
     fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
-        let avail = match &self.parent {
-            Some(p) => {
-                let avail = p.virtual_size().saturating_sub(offset).min(len);
-                if avail > 0 {
-                    for e in p.map(offset, avail)? {
-                        push_extent(out, e);
-                    }
-                }
-                avail
-            }
-            None => 0,
-        };
-        push_extent(
-            out,
-            Extent {
-                offset: offset + avail,
-                length: len - avail,
-                kind: ExtentKind::Unallocated,
-            },
-        );
-        Ok(())
+        crate::map_parent(self.parent.as_deref(), out, offset, len)
     }
 
     /// Places block `block` at the end of the file and writes the footer after
