@@ -72,6 +72,11 @@ pub trait Metadata: Send + Sync {
     async fn repo_exists(&self, repo: &str) -> Result<bool>;
     /// The manifests of `repo` whose subject is `digest`.
     async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<ManifestRow>>;
+    /// Records a publishing token: the SHA-256 of its secret (hex), its
+    /// owner and its scopes (separated by spaces).
+    async fn create_token(&self, hash: &str, user: &str, scopes: &str) -> Result<()>;
+    /// The owner and scopes of the token whose secret hashes to `hash`.
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>>;
 }
 
 /// Metadata in an SQL database.
@@ -93,6 +98,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tags (
         repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,
         PRIMARY KEY (repo, tag))",
+    "CREATE TABLE IF NOT EXISTS tokens (
+        hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL)",
 ];
 
 fn to_i64(n: u64) -> i64 {
@@ -340,5 +347,24 @@ impl Metadata for SqlMetadata {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(manifest_row).collect()
+    }
+
+    async fn create_token(&self, hash: &str, user: &str, scopes: &str) -> Result<()> {
+        sqlx::query("INSERT INTO tokens (hash, owner, scopes) VALUES ($1, $2, $3)")
+            .bind(hash)
+            .bind(user)
+            .bind(scopes)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT owner, scopes FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("owner")?, r.try_get("scopes")?)))
+            .transpose()
     }
 }
