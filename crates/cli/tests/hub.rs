@@ -250,6 +250,30 @@ fn vmhub_push_and_pull_through_the_hub() {
     assert_eq!(pulled["manifest"], pushed["manifest"]);
     assert_exports(&lib2, "acme/box:1", &image);
 
+    // The hub's catalogue has it.
+    let hub_url = format!("http://{}", hub.addr);
+    let table = vmhub_ok(["search", "box", "--hub", &hub_url]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["NAME", "VERSION", "OS", "SIZE", "UPDATED"],
+        "{table}"
+    );
+    let row = lines.next().unwrap_or_else(|| panic!("{table}"));
+    assert!(row.starts_with("acme/box:1 "), "{table}");
+    assert!(row.contains("MiB") || row.contains("KiB"), "{table}");
+    let found = json_of(&vmhub_ok([
+        "search", "box", "--hub", &hub.addr, "--output", "json",
+    ]));
+    assert_eq!(found[0]["digest"], pushed["manifest"], "{found}");
+    assert!(found[0]["signed_by"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("ed25519:")));
+    let none = vmhub_ok(["search", "no-such-machine", "--hub", &hub_url]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no machine matches"));
+
     // Again: nothing to upload.
     let again = json_of(&vmhub_ok([
         "push",

@@ -166,6 +166,16 @@ async fn route(hub: &Arc<Hub>, req: Request) -> ApiResult<Response> {
         .ok_or_else(|| ApiError::bad(Code::NameInvalid, "malformed path"))?;
     let mut query = Query::parse(req.uri().query())?;
     let method = req.method().clone();
+    if path == "/api/search" {
+        return match method {
+            Method::GET => crate::catalogue::search(hub, &query).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unsupported,
+                "search answers GET only",
+            )),
+        };
+    }
     if path == "/v2/token" {
         return match method {
             Method::GET => token(hub, req.headers(), &query).await,

@@ -10,6 +10,7 @@
 mod api;
 pub mod auth;
 mod blobs;
+pub mod catalogue;
 pub mod db;
 pub mod digest;
 pub mod error;
