@@ -11,6 +11,7 @@ mod inspect;
 mod library;
 mod nbd;
 mod run;
+mod search;
 mod serve;
 mod size;
 mod transfer;
@@ -77,6 +78,8 @@ enum Command {
     /// Run the hub: an OCI distribution registry that any OCI client can
     /// push machines to and pull them from.
     Serve(serve::ServeArgs),
+    /// Find machines in a hub's catalogue by name, description or OS.
+    Search(search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,5 +103,6 @@ fn main() -> ExitCode {
         Command::Logout(a) => transfer::logout(a),
         Command::Key(c) => transfer::key(c),
         Command::Serve(a) => serve::run(a),
+        Command::Search(a) => search::run(a),
     }
 }

@@ -21,6 +21,19 @@ pub struct ServeArgs {
     /// The largest blob accepted (K, M, G, T suffixes).
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_blob_size: u64,
+    /// Pulls need a token too (with pull or push scope on the namespace).
+    #[arg(long)]
+    private: bool,
+    /// Mint a publishing token for USER, print it once and exit (the hub
+    /// keeps only its hash). Clients give USER and the token as their user
+    /// name and password (`vmhub login`).
+    #[arg(long, value_name = "USER", requires = "scope")]
+    create_token: Option<String>,
+    /// A scope of the token made by --create-token: push:NAMESPACE (push
+    /// and pull to NAMESPACE and everything under NAMESPACE/) or
+    /// pull:NAMESPACE; `*` is every repository. May be repeated.
+    #[arg(long, value_name = "SCOPE", requires = "create_token")]
+    scope: Vec<hub::auth::Scope>,
 }
 
 /// The hub's data folder when none is given: beside the library folder.
@@ -45,6 +58,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let config = hub::Config {
         data: data.clone(),
         max_blob_size: a.max_blob_size,
+        private: a.private,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,6 +68,18 @@ fn serve(a: ServeArgs) -> Result<()> {
         let hub = hub::Hub::open(&config)
             .await
             .with_context(|| format!("cannot open the hub's data folder {}", data.display()))?;
+        if let Some(user) = &a.create_token {
+            let secret = hub.create_token(user, &a.scope).await?;
+            let scopes: Vec<String> = a.scope.iter().map(|s| s.to_string()).collect();
+            eprintln!(
+                "vmhub: a token for {user} ({}); it is shown only this once:",
+                scopes.join(", ")
+            );
+            let mut out = std::io::stdout();
+            writeln!(out, "{secret}")?;
+            out.flush()?;
+            return Ok(());
+        }
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;

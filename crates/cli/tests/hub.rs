@@ -1,5 +1,6 @@
-//! `vmhub serve` against real clients: vmhub's own push and pull, skopeo
-//! copying an OCI layout in and out, and PyPI's oras. Each test starts the
+//! `vmhub serve` against real clients: vmhub's own login, push and pull,
+//! skopeo copying an OCI layout in and out, and PyPI's oras, all publishing
+//! with tokens minted by `vmhub serve --create-token`. Each test starts the
 //! binary on a free 127.0.0.1 port and stops it with SIGTERM.
 
 #[allow(dead_code)]
@@ -70,6 +71,44 @@ impl Hub {
     }
 }
 
+/// Mints a token with `vmhub serve --create-token`; returns the secret.
+fn mint(data: &Path, user: &str, scopes: &[&str]) -> String {
+    settings();
+    let mut args = vec![
+        "serve".to_string(),
+        "--data".into(),
+        p(data).into(),
+        "--create-token".into(),
+        user.into(),
+    ];
+    for s in scopes {
+        args.push("--scope".into());
+        args.push(s.to_string());
+    }
+    let out = vmhub_ok(args);
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("vmhub_"), "{secret:?}");
+    secret
+}
+
+/// `vmhub login` to `addr` as `user` with `secret` on standard input.
+fn login(addr: &str, user: &str, secret: &str) -> std::process::Output {
+    let mut child = vmhub_command()
+        .args(["login", addr, "--username", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn terminate(child: &Child) {
     let pid = rustix::process::Pid::from_child(child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
@@ -126,9 +165,17 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 fn serve_answers_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(&dir.path().join("data"));
+    // The base endpoint challenges anonymous clients.
     let answer = http_get(&hub.addr, "/v2/");
     assert!(
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        answer.starts_with("HTTP/1.0 401") || answer.starts_with("HTTP/1.1 401"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains(&format!(
+            "www-authenticate: bearer realm=\"http://{}/v2/token\",service=\"vmhub\"",
+            hub.addr
+        )),
         "{answer}"
     );
     assert!(
@@ -149,13 +196,39 @@ fn serve_answers_and_stops_on_sigterm() {
 #[test]
 fn vmhub_push_and_pull_through_the_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("data"));
+    let data = dir.path().join("data");
+    let secret = mint(&data, "ann", &["push:acme"]);
+    let hub = Hub::start(&data);
     let disk = dir.path().join("disk.raw");
     let image = make_disk(&disk, 8 << 20, 1);
     let lib1 = dir.path().join("lib1");
     let lib2 = dir.path().join("lib2");
     vmhub_ok(["import", p(&disk), "acme/box:1", "--home", p(&lib1)]);
     let remote = format!("{}/acme/box:1", hub.addr);
+
+    // Without credentials the push is refused, and says why.
+    let out = vmhub(["push", "acme/box:1", &remote, "--home", p(&lib1)]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") || err.contains("403"), "{err}");
+    // A wrong token does not log in.
+    let out = login(&hub.addr, "ann", "vmhub_wrong");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let out = login(&hub.addr, "ann", &secret);
+    assert!(out.status.success(), "{}", describe(&out));
+    // A token for acme does not publish elsewhere.
+    vmhub_ok(["tag", "acme/box:1", "other/box:1", "--home", p(&lib1)]);
+    let out = vmhub([
+        "push",
+        "other/box:1",
+        &format!("{}/other/box:1", hub.addr),
+        "--home",
+        p(&lib1),
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DENIED") || err.contains("403"), "{err}");
+
     let pushed = json_of(&vmhub_ok([
         "push",
         "acme/box:1",
@@ -176,6 +249,30 @@ fn vmhub_push_and_pull_through_the_hub() {
     ]));
     assert_eq!(pulled["manifest"], pushed["manifest"]);
     assert_exports(&lib2, "acme/box:1", &image);
+
+    // The hub's catalogue has it.
+    let hub_url = format!("http://{}", hub.addr);
+    let table = vmhub_ok(["search", "box", "--hub", &hub_url]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["NAME", "VERSION", "OS", "SIZE", "UPDATED"],
+        "{table}"
+    );
+    let row = lines.next().unwrap_or_else(|| panic!("{table}"));
+    assert!(row.starts_with("acme/box:1 "), "{table}");
+    assert!(row.contains("MiB") || row.contains("KiB"), "{table}");
+    let found = json_of(&vmhub_ok([
+        "search", "box", "--hub", &hub.addr, "--output", "json",
+    ]));
+    assert_eq!(found[0]["digest"], pushed["manifest"], "{found}");
+    assert!(found[0]["signed_by"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("ed25519:")));
+    let none = vmhub_ok(["search", "no-such-machine", "--hub", &hub_url]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no machine matches"));
 
     // Again: nothing to upload.
     let again = json_of(&vmhub_ok([
@@ -206,19 +303,37 @@ fn vmhub_push_and_pull_through_the_hub() {
 #[test]
 fn skopeo_copies_an_oci_layout_in_and_out() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("data"));
+    let data = dir.path().join("data");
+    let secret = mint(&data, "sky", &["push:mirror"]);
+    let hub = Hub::start(&data);
     let disk = dir.path().join("disk.raw");
     let image = make_disk(&disk, 6 << 20, 2);
     let lib1 = dir.path().join("lib1");
     vmhub_ok(["import", p(&disk), "m:1", "--home", p(&lib1)]);
     // The library folder is an OCI layout.
     let dest = format!("docker://{}/mirror/m:1", hub.addr);
+    let src = format!("oci:{}:m:1", p(&lib1));
+    // Without credentials skopeo is refused.
+    let out = peer(
+        "skopeo",
+        [
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-no-creds",
+            &src,
+            &dest,
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let creds = format!("sky:{secret}");
     peer_ok(
         "skopeo",
         [
             "copy",
             "--dest-tls-verify=false",
-            &format!("oci:{}:m:1", p(&lib1)),
+            "--dest-creds",
+            &creds,
+            &src,
             &dest,
         ],
     );
@@ -273,7 +388,9 @@ fn skopeo_copies_an_oci_layout_in_and_out() {
 #[test]
 fn oras_pushes_and_pulls() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("data"));
+    let data = dir.path().join("data");
+    let secret = mint(&data, "ora", &["push:art"]);
+    let hub = Hub::start(&data);
     // scripts/deps.sh installs oras into this virtual environment.
     let venv = std::env::var("VMHUB_VENV")
         .unwrap_or_else(|_| format!("{}/.cache/vmhub-ci/venv", std::env::var("HOME").unwrap()));
@@ -288,6 +405,7 @@ fn oras_pushes_and_pulls() {
     let script = format!(
         "import os, oras.provider\n\
          r = oras.provider.Registry(hostname='{addr}', insecure=True)\n\
+         r.auth.set_basic_auth('ora', '{secret}')\n\
          os.chdir('{files}')\n\
          r.push(target='{addr}/art/payload:v1', files=['payload.bin'])\n\
          r.pull(target='{addr}/art/payload:v1', outdir='{pulled}')\n",

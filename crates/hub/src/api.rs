@@ -2,6 +2,7 @@
 //! may hold slashes, so paths are taken apart from the end: the last segment
 //! is a digest, tag or upload id, and the one before it says which endpoint.
 
+use crate::auth::{self, Action, BadCredentials};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::{blobs, manifests, names, Hub};
 use axum::body::Body;
@@ -104,6 +105,20 @@ impl Query {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of parameter `key`.
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Drops parameter `key`.
+    fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
 }
 
 /// Checks a repository name.
@@ -118,7 +133,18 @@ pub(crate) fn check_name(name: &str) -> ApiResult<()> {
 
 async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
     let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    match route(&hub, req).await {
+    let mut r = answer(&hub, req, has_body).await;
+    // Every answer, a challenge included, says which API this is, as
+    // clients probing `/v2/` look for it.
+    r.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    r
+}
+
+async fn answer(hub: &Arc<Hub>, req: Request, has_body: bool) -> Response {
+    match route(hub, req).await {
         Ok(r) => r,
         Err(e) => {
             let mut r = e.into_response();
@@ -138,10 +164,31 @@ async fn route(hub: &Arc<Hub>, req: Request) -> ApiResult<Response> {
     let raw_path = req.uri().path().to_string();
     let path = percent_decode(&raw_path, false)
         .ok_or_else(|| ApiError::bad(Code::NameInvalid, "malformed path"))?;
-    let query = Query::parse(req.uri().query())?;
+    let mut query = Query::parse(req.uri().query())?;
     let method = req.method().clone();
+    if path == "/api/search" {
+        return match method {
+            Method::GET => crate::catalogue::search(hub, &query).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unsupported,
+                "search answers GET only",
+            )),
+        };
+    }
+    if path == "/v2/token" {
+        return match method {
+            Method::GET => token(hub, req.headers(), &query).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unsupported,
+                "the token endpoint answers GET only",
+            )),
+        };
+    }
     let not_found = || ApiError::not_found(Code::Unsupported, "no such endpoint");
     let ep = endpoint(&path).ok_or_else(not_found)?;
+    authorize(hub, &ep, &method, &mut query, req.headers()).await?;
     let m = method.to_string();
     let unsupported = || {
         ApiError::new(
@@ -202,6 +249,121 @@ async fn route(hub: &Arc<Hub>, req: Request) -> ApiResult<Response> {
             }
         }
     }
+}
+
+/// Checks that the request's credentials allow what it does: pushes need
+/// a token with push scope, pulls one with pull scope on a private hub. The
+/// base endpoint answers only authenticated clients, so that `login` tests
+/// its credentials there.
+async fn authorize(
+    hub: &Hub,
+    ep: &Endpoint<'_>,
+    method: &Method,
+    query: &mut Query,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<()> {
+    let principal = auth::authenticate(hub.meta.as_ref(), &hub.key, headers).await?;
+    let repo = match ep {
+        Endpoint::Base => {
+            return match principal {
+                Ok(_) if headers.contains_key(axum::http::header::AUTHORIZATION) => Ok(()),
+                Ok(_) => Err(auth::challenge(headers, None, "authentication required")),
+                Err(BadCredentials) => Err(auth::challenge(
+                    headers,
+                    None,
+                    "the credentials are not valid",
+                )),
+            };
+        }
+        Endpoint::Blob(n, _)
+        | Endpoint::Upload(n, _)
+        | Endpoint::Manifest(n, _)
+        | Endpoint::Tags(n)
+        | Endpoint::Referrers(n, _) => *n,
+    };
+    // Names are checked before anything else is said about them.
+    check_name(repo)?;
+    let action = match *method {
+        Method::GET | Method::HEAD if !matches!(ep, Endpoint::Upload(..)) => Action::Pull,
+        _ => Action::Push,
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(BadCredentials) => {
+            return Err(auth::challenge(
+                headers,
+                Some((repo, action)),
+                &auth::unauthorized_message(repo, action, true),
+            ))
+        }
+    };
+    let allowed =
+        |r: &str, a: Action| (a == Action::Pull && !hub.private) || principal.allows(r, a);
+    if !allowed(repo, action) {
+        return Err(if principal.is_anonymous() {
+            auth::challenge(
+                headers,
+                Some((repo, action)),
+                &auth::unauthorized_message(repo, action, false),
+            )
+        } else {
+            auth::denied(repo, action)
+        });
+    }
+    // A cross-repository mount reads the source: without pull there, the
+    // client gets an ordinary upload session instead (distribution spec,
+    // "Mounting a blob from another repository").
+    if let Some(from) = query.get("from") {
+        if !names::valid_name(from) || !allowed(from, Action::Pull) {
+            query.remove("mount");
+            query.remove("from");
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v2/token?service=&scope=repository:NAME:ACTIONS`: trades Basic
+/// credentials (or none, for pulls from a public hub) for a bearer token
+/// granting what was asked for and is allowed.
+async fn token(hub: &Hub, headers: &axum::http::HeaderMap, query: &Query) -> ApiResult<Response> {
+    let basic_challenge = |message: &str| {
+        ApiError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, message).header(
+            header::WWW_AUTHENTICATE,
+            format!("Basic realm=\"{}\"", auth::SERVICE),
+        )
+    };
+    let is_bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer"));
+    if is_bearer {
+        return Err(basic_challenge(
+            "the token endpoint takes a user name and token (Basic credentials)",
+        ));
+    }
+    let principal = match auth::authenticate(hub.meta.as_ref(), &hub.key, headers).await? {
+        Ok(p) => p,
+        Err(BadCredentials) => return Err(basic_challenge("the user name or token is not valid")),
+    };
+    if hub.private && principal.is_anonymous() {
+        return Err(basic_challenge("this hub needs a user name and token"));
+    }
+    let requested = auth::requested(&query.all("scope"))?;
+    let access = auth::grant(&principal, &requested, hub.private);
+    let token = auth::issue(&hub.key, principal.user(), access);
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": auth::BEARER_LIFETIME,
+    });
+    let mut r = Response::new(Body::from(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 fn base() -> Response {

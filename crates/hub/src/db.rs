@@ -30,6 +30,53 @@ pub struct ManifestRow {
     pub annotations: Option<String>,
 }
 
+/// A machine in the catalogue: one tag of a repository whose manifest is a
+/// vmhub machine, with what its description says.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MachineRow {
+    /// The repository.
+    pub repository: String,
+    /// The tag (the digest when it was pushed by digest).
+    pub tag: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// The machine's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it is for.
+    pub description: String,
+    /// The operating system inside.
+    pub os: String,
+    /// CPU architecture.
+    pub architecture: String,
+    /// Firmware ("bios", "uefi").
+    pub firmware: String,
+    /// Virtual CPUs.
+    pub cpus: u64,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Its disks: name and virtual size.
+    pub disks: Vec<DiskRow>,
+    /// When the machine was made, as its description says (RFC 3339).
+    pub created: String,
+    /// The key that signed it (`ed25519:...`), if the manifest is signed.
+    pub signed_by: Option<String>,
+    /// The bytes a full pull downloads: config, indexes and chunks.
+    pub compressed_size: u64,
+    /// When it was pushed to the hub, RFC 3339 UTC.
+    pub pushed: String,
+}
+
+/// One disk of a catalogued machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskRow {
+    /// Its name within the machine.
+    pub name: String,
+    /// Its virtual size in bytes.
+    pub size: u64,
+}
+
 /// An upload in progress.
 #[derive(Debug, Clone)]
 pub struct UploadRow {
@@ -72,6 +119,18 @@ pub trait Metadata: Send + Sync {
     async fn repo_exists(&self, repo: &str) -> Result<bool>;
     /// The manifests of `repo` whose subject is `digest`.
     async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<ManifestRow>>;
+    /// Records a publishing token: the SHA-256 of its secret (hex), its
+    /// owner and its scopes (separated by spaces).
+    async fn create_token(&self, hash: &str, user: &str, scopes: &str) -> Result<()>;
+    /// The owner and scopes of the token whose secret hashes to `hash`.
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>>;
+    /// Records (or replaces) a catalogue entry.
+    async fn put_machine(&self, m: &MachineRow) -> Result<()>;
+    /// Catalogue entries whose name, description or OS holds `term`
+    /// (any entry when empty), most recently pushed first, at most `limit`.
+    async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>>;
+    /// The catalogue entries of `repo`, most recently pushed first.
+    async fn machines(&self, repo: &str, limit: u32) -> Result<Vec<MachineRow>>;
 }
 
 /// Metadata in an SQL database.
@@ -93,6 +152,17 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tags (
         repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,
         PRIMARY KEY (repo, tag))",
+    "CREATE TABLE IF NOT EXISTS machines (
+        repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,
+        name TEXT NOT NULL, version TEXT NOT NULL, description TEXT NOT NULL,
+        os TEXT NOT NULL, architecture TEXT NOT NULL, firmware TEXT NOT NULL,
+        cpus BIGINT NOT NULL, memory BIGINT NOT NULL, disks TEXT NOT NULL,
+        created TEXT NOT NULL, signed_by TEXT, compressed BIGINT NOT NULL,
+        pushed TEXT NOT NULL, seq BIGINT NOT NULL,
+        PRIMARY KEY (repo, tag))",
+    "CREATE INDEX IF NOT EXISTS machines_seq ON machines (seq)",
+    "CREATE TABLE IF NOT EXISTS tokens (
+        hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL)",
 ];
 
 fn to_i64(n: u64) -> i64 {
@@ -101,6 +171,45 @@ fn to_i64(n: u64) -> i64 {
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+const MACHINE_COLUMNS: &str = "repo, tag, digest, name, version, description, os,
+    architecture, firmware, cpus, memory, disks, created, signed_by, compressed, pushed";
+
+fn machine_row(r: &AnyRow) -> Result<MachineRow> {
+    let disks: String = r.try_get("disks")?;
+    Ok(MachineRow {
+        repository: r.try_get("repo")?,
+        tag: r.try_get("tag")?,
+        digest: r.try_get("digest")?,
+        name: r.try_get("name")?,
+        version: r.try_get("version")?,
+        description: r.try_get("description")?,
+        os: r.try_get("os")?,
+        architecture: r.try_get("architecture")?,
+        firmware: r.try_get("firmware")?,
+        cpus: to_u64(r.try_get("cpus")?),
+        memory: to_u64(r.try_get("memory")?),
+        disks: serde_json::from_str(&disks).unwrap_or_default(),
+        created: r.try_get("created")?,
+        signed_by: r.try_get("signed_by")?,
+        compressed_size: to_u64(r.try_get("compressed")?),
+        pushed: r.try_get("pushed")?,
+    })
+}
+
+/// `term` as a LIKE pattern matching it anywhere, `\` escaping wildcards.
+fn like_pattern(term: &str) -> String {
+    let mut p = String::with_capacity(term.len() + 2);
+    p.push('%');
+    for c in term.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
@@ -292,16 +401,28 @@ impl Metadata for SqlMetadata {
             .bind(digest)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM machines WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM tags WHERE repo = $1 AND tag = $2")
             .bind(repo)
             .bind(tag)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM machines WHERE repo = $1 AND tag = $2")
+            .bind(repo)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -340,5 +461,86 @@ impl Metadata for SqlMetadata {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(manifest_row).collect()
+    }
+
+    async fn create_token(&self, hash: &str, user: &str, scopes: &str) -> Result<()> {
+        sqlx::query("INSERT INTO tokens (hash, owner, scopes) VALUES ($1, $2, $3)")
+            .bind(hash)
+            .bind(user)
+            .bind(scopes)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT owner, scopes FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("owner")?, r.try_get("scopes")?)))
+            .transpose()
+    }
+
+    async fn put_machine(&self, m: &MachineRow) -> Result<()> {
+        let disks = serde_json::to_string(&m.disks).unwrap_or_else(|_| "[]".into());
+        // A running number orders pushes, whatever the clocks of the hubs;
+        // one statement takes it and inserts, so concurrent pushes do not race.
+        sqlx::query(&format!(
+            "INSERT INTO machines ({MACHINE_COLUMNS}, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM machines))
+             ON CONFLICT (repo, tag) DO UPDATE SET
+               digest = excluded.digest, name = excluded.name, version = excluded.version,
+               description = excluded.description, os = excluded.os,
+               architecture = excluded.architecture, firmware = excluded.firmware,
+               cpus = excluded.cpus, memory = excluded.memory, disks = excluded.disks,
+               created = excluded.created, signed_by = excluded.signed_by,
+               compressed = excluded.compressed, pushed = excluded.pushed, seq = excluded.seq"
+        ))
+        .bind(&m.repository)
+        .bind(&m.tag)
+        .bind(&m.digest)
+        .bind(&m.name)
+        .bind(&m.version)
+        .bind(&m.description)
+        .bind(&m.os)
+        .bind(&m.architecture)
+        .bind(&m.firmware)
+        .bind(to_i64(m.cpus))
+        .bind(to_i64(m.memory))
+        .bind(disks)
+        .bind(&m.created)
+        .bind(m.signed_by.clone())
+        .bind(to_i64(m.compressed_size))
+        .bind(&m.pushed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines
+             WHERE name LIKE $1 ESCAPE '\\' OR description LIKE $1 ESCAPE '\\'
+                OR os LIKE $1 ESCAPE '\\' OR repo LIKE $1 ESCAPE '\\'
+             ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(like_pattern(term))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(machine_row).collect()
+    }
+
+    async fn machines(&self, repo: &str, limit: u32) -> Result<Vec<MachineRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE repo = $1 ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(repo)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(machine_row).collect()
     }
 }

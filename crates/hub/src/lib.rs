@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod auth;
 mod blobs;
+pub mod catalogue;
 pub mod db;
 pub mod digest;
 pub mod error;
@@ -36,6 +38,8 @@ pub struct Config {
     pub data: PathBuf,
     /// The largest blob accepted, in bytes.
     pub max_blob_size: u64,
+    /// Whether pulls need a token too (else they are anonymous).
+    pub private: bool,
 }
 
 impl Config {
@@ -44,6 +48,7 @@ impl Config {
         Config {
             data: data.into(),
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            private: false,
         }
     }
 }
@@ -69,6 +74,23 @@ pub enum Error {
     },
 }
 
+/// Why a token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The user name is unusable.
+    #[error("{0:?} is not a usable user name (letters, digits, '.', '_', '-', '@'; at most 64)")]
+    User(String),
+    /// No scope was given.
+    #[error("a token needs at least one scope (push:NAMESPACE or pull:NAMESPACE)")]
+    NoScope,
+    /// No random secret could be drawn.
+    #[error("cannot draw a random secret: {0}")]
+    Random(std::io::Error),
+    /// The database refused.
+    #[error("cannot store the token: {0}")]
+    Db(db::DbError),
+}
+
 /// An upload's running digest, kept between requests while the hub runs:
 /// the byte count it covers and the hasher. After a restart it is rebuilt
 /// from the upload's bytes.
@@ -79,6 +101,8 @@ pub struct Hub {
     store: Arc<dyn storage::BlobStore>,
     meta: Arc<dyn db::Metadata>,
     max_blob_size: u64,
+    key: auth::TokenKey,
+    private: bool,
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadHash>>>>,
 }
 
@@ -102,25 +126,49 @@ impl Hub {
                 path: db_path.clone(),
                 source,
             })?;
-        Ok(Hub::with(
-            Arc::new(store),
-            Arc::new(meta),
-            config.max_blob_size,
-        ))
+        let key = auth::TokenKey::load(&config.data).map_err(io(&config.data))?;
+        Ok(Hub::with(Arc::new(store), Arc::new(meta), key, config))
     }
 
-    /// A hub over the given storage and metadata.
+    /// A hub over the given storage and metadata, signing bearer tokens
+    /// with `key`; `config`'s limits and privacy apply (its data folder is
+    /// not used).
     pub fn with(
         store: Arc<dyn storage::BlobStore>,
         meta: Arc<dyn db::Metadata>,
-        max_blob_size: u64,
+        key: auth::TokenKey,
+        config: &Config,
     ) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             meta,
-            max_blob_size,
+            max_blob_size: config.max_blob_size,
+            key,
+            private: config.private,
             uploads: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Mints a publishing token for `user` with `scopes` and returns its
+    /// secret, which is shown this once: the database keeps only its hash.
+    pub async fn create_token(
+        &self,
+        user: &str,
+        scopes: &[auth::Scope],
+    ) -> Result<String, TokenError> {
+        if !auth::valid_user(user) {
+            return Err(TokenError::User(user.to_string()));
+        }
+        if scopes.is_empty() {
+            return Err(TokenError::NoScope);
+        }
+        let secret = auth::new_secret().map_err(TokenError::Random)?;
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        self.meta
+            .create_token(&auth::secret_hash(&secret), user, &scopes.join(" "))
+            .await
+            .map_err(TokenError::Db)?;
+        Ok(secret)
     }
 
     /// The HTTP routes of the registry API.

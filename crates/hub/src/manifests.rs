@@ -8,7 +8,7 @@ use crate::blobs::{db_err, empty, io_err, parse_digest};
 use crate::db::ManifestRow;
 use crate::digest::Digest;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::{names, Hub, MAX_MANIFEST_SIZE};
+use crate::{catalogue, names, Hub, MAX_MANIFEST_SIZE};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -306,8 +306,9 @@ pub async fn put(hub: &Arc<Hub>, name: &str, r: &str, req: Request) -> ApiResult
     };
     let checked = check(hub, name, &media_type, &body).await?;
     let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    let body = bytes::Bytes::from(body);
     hub.store
-        .put_small(&d, body.into())
+        .put_small(&d, body.clone())
         .await
         .map_err(io_err("storing a manifest"))?;
     let row = ManifestRow {
@@ -322,6 +323,10 @@ pub async fn put(hub: &Arc<Hub>, name: &str, r: &str, req: Request) -> ApiResult
         .put_manifest(name, &row, tag)
         .await
         .map_err(db_err("storing a manifest"))?;
+    if row.artifact_type.as_deref() == Some(catalogue::MACHINE_ARTIFACT_TYPE) {
+        let digest = d.to_string();
+        catalogue::record(hub, name, tag.unwrap_or(&digest), &digest, &body).await;
+    }
     let mut headers = vec![
         ("location", format!("/v2/{name}/manifests/{d}")),
         ("docker-content-digest", d.to_string()),

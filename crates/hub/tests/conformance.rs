@@ -10,7 +10,7 @@ use serde_json::json;
 fn setup() -> (tempfile::TempDir, Server, Client) {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
-    let client = Client::new(&server.base);
+    let client = server.client();
     (dir, server, client)
 }
 
@@ -575,7 +575,7 @@ fn blob_size_cap() {
     let mut config = hub::Config::new(dir.path());
     config.max_blob_size = 1000;
     let s = Server::start_with(config);
-    let c = Client::new(&s.base);
+    let c = s.client();
     let data = vec![1u8; 2000];
     let d = digest(&data);
     let a = c.send(
@@ -606,7 +606,7 @@ fn uploads_survive_a_restart() {
     let d = digest(&data);
     let (loc, id) = {
         let s = Server::start(dir.path());
-        let c = Client::new(&s.base);
+        let c = s.client();
         let a = c.send("POST", "/v2/r/blobs/uploads/", &[], Some(b""));
         let loc = a.header("location").expect("location").to_string();
         let id = a.header("docker-upload-uuid").expect("uuid").to_string();
@@ -624,7 +624,7 @@ fn uploads_survive_a_restart() {
     std::fs::write(&upload, &held).expect("write");
 
     let s = Server::start(dir.path());
-    let c = Client::new(&s.base);
+    let c = s.client();
     let st = c.get(&loc);
     assert_eq!((st.status, st.header("range")), (204, Some("0-19999")));
     assert_eq!(

@@ -48,12 +48,13 @@ fn concurrent_pushes_and_pulls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let base = Arc::new(server.base.clone());
+    let token = Arc::new(server.token.clone());
     let config = b"{}".to_vec();
     // Shared layers every push uses, and one of its own.
     let shared: Vec<Vec<u8>> = (0..4).map(|i| blob(i, 200_000)).collect();
 
     // A first image, for the pulls to start on.
-    let c = Client::new(&base);
+    let c = Client::basic(&base, "tester", &token);
     c.push_blob("load/seed", &config);
     for s in &shared {
         c.push_blob("load/seed", s);
@@ -69,10 +70,11 @@ fn concurrent_pushes_and_pulls() {
     let mut handles = Vec::new();
     for i in 0..10u32 {
         let base = base.clone();
+        let token = token.clone();
         let shared = shared.clone();
         let config = config.clone();
         handles.push(std::thread::spawn(move || {
-            let c = Client::new(&base);
+            let c = Client::basic(&base, "tester", &token);
             let repo = format!("load/push{}", i % 3);
             let own = blob(100 + i, 150_000);
             push_chunked(&c, &repo, &config);

@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 /// A running hub; stopped when dropped.
 pub struct Server {
     pub base: String,
+    /// A token with `push:*`, minted at start for user `tester`.
+    pub token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,11 +32,15 @@ impl Server {
                 .expect("runtime");
             rt.block_on(async move {
                 let hub = Hub::open(&config).await.expect("open the hub");
+                let token = hub
+                    .create_token("tester", &["push:*".parse().expect("scope")])
+                    .await
+                    .expect("a token");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
                 addr_tx
-                    .send(listener.local_addr().expect("address"))
+                    .send((listener.local_addr().expect("address"), token))
                     .expect("send the address");
                 hub.serve(listener, async move {
                     let _ = stopped.await;
@@ -43,12 +49,20 @@ impl Server {
                 .expect("serve");
             });
         });
-        let addr = addr_rx.recv().expect("the hub started");
+        let (addr, token) = addr_rx.recv().expect("the hub started");
         Server {
             base: format!("http://{addr}"),
+            token,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+}
+
+impl Server {
+    /// A client that sends the start token as Basic credentials.
+    pub fn client(&self) -> Client {
+        Client::basic(&self.base, "tester", &self.token)
     }
 }
 
@@ -91,6 +105,8 @@ impl Answer {
 pub struct Client {
     pub base: String,
     agent: ureq::Agent,
+    /// The `Authorization` header sent with every request, if any.
+    pub auth: Option<String>,
 }
 
 impl Client {
@@ -103,7 +119,27 @@ impl Client {
         Client {
             base: base.to_string(),
             agent,
+            auth: None,
         }
+    }
+
+    /// A client sending Basic credentials.
+    pub fn basic(base: &str, user: &str, secret: &str) -> Client {
+        use base64::Engine as _;
+        let raw = format!("{user}:{secret}");
+        let mut c = Client::new(base);
+        c.auth = Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        ));
+        c
+    }
+
+    /// A client sending a bearer token.
+    pub fn bearer(base: &str, token: &str) -> Client {
+        let mut c = Client::new(base);
+        c.auth = Some(format!("Bearer {token}"));
+        c
     }
 
     /// Sends a request to `path` (or a full URL).
@@ -120,6 +156,12 @@ impl Client {
             format!("{}{path}", self.base)
         };
         let mut b = ureq::http::Request::builder().method(method).uri(&url);
+        let explicit = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(a), false) = (&self.auth, explicit) {
+            b = b.header("Authorization", a.as_str());
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -215,4 +257,19 @@ pub fn image_manifest(config: &[u8], layers: &[&[u8]], extra: serde_json::Value)
         }
     }
     serde_json::to_vec(&m).expect("json")
+}
+
+/// Mints a token for `user` with `scopes` in the hub over `data` (which may
+/// be serving meanwhile: the database is shared).
+pub fn mint(data: &Path, user: &str, scopes: &[&str]) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let hub = Hub::open(&Config::new(data)).await.expect("open the hub");
+        let scopes: Vec<hub::auth::Scope> =
+            scopes.iter().map(|s| s.parse().expect("a scope")).collect();
+        hub.create_token(user, &scopes).await.expect("a token")
+    })
 }
