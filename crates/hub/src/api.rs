@@ -166,6 +166,31 @@ async fn route(hub: &Arc<Hub>, req: Request) -> ApiResult<Response> {
         .ok_or_else(|| ApiError::bad(Code::NameInvalid, "malformed path"))?;
     let mut query = Query::parse(req.uri().query())?;
     let method = req.method().clone();
+    let catalogue_path =
+        path == "/" || path == "/search" || path == "/api/search" || path.starts_with("/m/");
+    if catalogue_path && hub.private {
+        // A private hub does not publish what it holds.
+        return Err(ApiError::not_found(
+            Code::Unsupported,
+            "this hub is private: its catalogue is not published",
+        ));
+    }
+    if catalogue_path && !matches!(method, Method::GET | Method::HEAD) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unsupported,
+            "the catalogue answers GET only",
+        ));
+    }
+    if path == "/" {
+        return crate::web::home(hub).await;
+    }
+    if path == "/search" {
+        return crate::web::search(hub, &query).await;
+    }
+    if let Some(repo) = path.strip_prefix("/m/") {
+        return crate::web::machine(hub, repo, req.headers()).await;
+    }
     if path == "/api/search" {
         return match method {
             Method::GET => crate::catalogue::search(hub, &query).await,

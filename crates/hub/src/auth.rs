@@ -337,7 +337,7 @@ fn basic(encoded: &str) -> Option<(String, String)> {
 }
 
 /// The host the client reached the hub by, if it is a plain host[:port].
-fn host(headers: &HeaderMap) -> String {
+pub(crate) fn host(headers: &HeaderMap) -> String {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

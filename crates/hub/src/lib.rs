@@ -17,6 +17,7 @@ pub mod error;
 mod manifests;
 pub mod names;
 pub mod storage;
+pub mod web;
 
 use digest::Hasher;
 use std::collections::HashMap;

@@ -221,3 +221,107 @@ fn a_bad_description_leaves_the_machine_out() {
     // The pushes themselves went through.
     assert_eq!(c.get("/v2/x/y/manifests/1").status, 200);
 }
+
+fn html(c: &Client, path: &str) -> (u16, String) {
+    let a = c.get(path);
+    if a.status == 200 {
+        assert_eq!(a.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    (a.status, String::from_utf8(a.body).expect("utf-8"))
+}
+
+#[test]
+fn web_pages_show_machines_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path());
+    let c = s.client();
+    push_machine(
+        &c,
+        "acme/evil",
+        "0",
+        description("evil", "older", "Evil OS"),
+        false,
+    );
+    let d = push_machine(
+        &c,
+        "acme/evil",
+        "1",
+        description("evil", "<script>alert('x')</script> & more", "Evil \"OS\""),
+        true,
+    );
+    push_machine(
+        &c,
+        "acme/plain",
+        "2",
+        description("plain", "A plain box", "Debian"),
+        false,
+    );
+    let anon = Client::new(&s.base);
+
+    let (status, home) = html(&anon, "/");
+    assert_eq!(status, 200);
+    assert!(home.contains("<form action=\"/search\""), "{home}");
+    assert!(home.contains("href=\"/m/acme/plain\""), "{home}");
+    assert!(home.contains("href=\"/m/acme/evil\""), "{home}");
+    assert!(!home.contains("<script>"), "{home}");
+    assert!(home.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));
+    // Newest first.
+    let plain = home.find("/m/acme/plain").expect("plain");
+    let evil = home.find("/m/acme/evil").expect("evil");
+    assert!(plain < evil);
+
+    let (status, found) = html(&anon, "/search?q=plain");
+    assert_eq!(status, 200);
+    assert!(found.contains("acme/plain:2"), "{found}");
+    assert!(!found.contains("acme/evil"), "{found}");
+    // The term is echoed escaped.
+    let (_, echoed) = html(&anon, "/search?q=%3Cb%3Ex%22");
+    assert!(echoed.contains("&lt;b&gt;x&quot;"), "{echoed}");
+    assert!(!echoed.contains("<b>x"), "{echoed}");
+
+    let (status, page) = html(&anon, "/m/acme/evil");
+    assert_eq!(status, 200);
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("&lt;script&gt;"), "{page}");
+    assert!(page.contains("Evil &quot;OS&quot;"), "{page}");
+    for want in [
+        "x86_64",
+        "uefi",
+        "<td>2</td>",
+        "1.0 GiB",
+        "disk0 (8.0 GiB)",
+        &format!("vmhub pull {}/acme/evil:1", host(&s.base)),
+        d.as_str(),
+        "signed by ed25519:S0VZ",
+        "unsigned",
+    ] {
+        assert!(page.contains(want), "{want} missing from {page}");
+    }
+    let (status, _) = html(&anon, "/m/acme/none");
+    assert_eq!(status, 404);
+    let (status, _) = html(&anon, "/m/NOT%20A%20NAME");
+    assert_eq!(status, 404);
+}
+
+fn host(base: &str) -> &str {
+    base.strip_prefix("http://").expect("http")
+}
+
+#[test]
+fn a_private_hub_publishes_no_catalogue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = hub::Config::new(dir.path());
+    config.private = true;
+    let s = Server::start_with(config);
+    push_machine(
+        &s.client(),
+        "a/b",
+        "1",
+        description("b", "secret", "x"),
+        false,
+    );
+    let anon = Client::new(&s.base);
+    for path in ["/", "/search?q=b", "/m/a/b", "/api/search?q=b"] {
+        assert_eq!(anon.get(path).status, 404, "{path}");
+    }
+}
