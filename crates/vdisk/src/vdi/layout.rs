@@ -3,40 +3,7 @@
 
 use super::header::{UNALLOCATED, ZERO_BLOCK};
 
-/// The part of a request that falls in one block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// The block's number.
-    pub block: u64,
-    /// Offset of the piece in the block.
-    pub within: u64,
-    /// Offset of the piece in the disk.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// Splits `[offset, offset+len)` at block boundaries.
-pub fn pieces(offset: u64, len: u64, block_size: u64) -> impl Iterator<Item = Piece> {
-    let end = offset + len;
-    let mut pos = offset;
-    std::iter::from_fn(move || {
-        if pos >= end {
-            return None;
-        }
-        let block = pos / block_size;
-        let within = pos % block_size;
-        let n = (block_size - within).min(end - pos);
-        let p = Piece {
-            block,
-            within,
-            offset: pos,
-            len: n,
-        };
-        pos += n;
-        Some(p)
-    })
-}
+pub use crate::block::{pieces, Piece};
 
 /// Where a block's data is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -239,7 +239,7 @@ impl Disk for VdiDisk {
             Ok(())
         };
         for p in pieces(offset, buf.len() as u64, self.block_size) {
-            let s = (p.offset - offset) as usize;
+            let s = p.at as usize;
             let n = p.len as usize;
             match self.place(p.block) {
                 Place::Data(index) => {
@@ -267,7 +267,7 @@ impl Disk for VdiDisk {
         }
         check_range(&self.path, offset, buf.len() as u64, self.size)?;
         for p in pieces(offset, buf.len() as u64, self.block_size) {
-            let s = (p.offset - offset) as usize;
+            let s = p.at as usize;
             let piece = &buf[s..s + p.len as usize];
             match self.place(p.block) {
                 Place::Data(index) => {
@@ -341,7 +341,7 @@ impl Disk for VdiDisk {
                         Some((ra, _, rn)) if *ra + *rn == at => *rn += p.len,
                         _ => {
                             flush_run(&mut run, &mut out);
-                            run = Some((at, p.offset, p.len));
+                            run = Some((at, offset + p.at, p.len));
                         }
                     }
                     continue;
@@ -353,7 +353,7 @@ impl Disk for VdiDisk {
             push_extent(
                 &mut out,
                 Extent {
-                    offset: p.offset,
+                    offset: offset + p.at,
                     length: p.len,
                     kind,
                 },

@@ -119,39 +119,7 @@ impl Bat {
     }
 }
 
-/// The part of a guest range that falls in one block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// Block index.
-    pub block: u64,
-    /// Offset inside the block's data.
-    pub within: u64,
-    /// Length.
-    pub len: u64,
-    /// Offset of the piece from the start of the range.
-    pub at: u64,
-}
-
-/// Splits `[offset, offset+len)` at block boundaries.
-pub fn pieces(offset: u64, len: u64, block_size: u64) -> impl Iterator<Item = Piece> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at >= len || block_size == 0 {
-            return None;
-        }
-        let pos = offset + at;
-        let within = pos % block_size;
-        let n = (block_size - within).min(len - at);
-        let p = Piece {
-            block: pos / block_size,
-            within,
-            len: n,
-            at,
-        };
-        at += n;
-        Some(p)
-    })
-}
+pub use crate::block::{pieces, Piece};
 
 #[cfg(test)]
 mod tests {

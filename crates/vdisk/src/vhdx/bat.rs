@@ -117,39 +117,7 @@ impl Geometry {
     }
 }
 
-/// A piece of a guest range that lies in one block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// The block.
-    pub block: u64,
-    /// Where the piece starts inside the block.
-    pub within: u64,
-    /// Where the piece starts in the request.
-    pub at: u64,
-    /// Its length.
-    pub len: u64,
-}
-
-/// Splits `[offset, offset+len)` at block boundaries.
-pub fn pieces(offset: u64, len: u64, block_size: u64) -> impl Iterator<Item = Piece> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at >= len {
-            return None;
-        }
-        let pos = offset + at;
-        let within = pos % block_size;
-        let n = (block_size - within).min(len - at);
-        let p = Piece {
-            block: pos / block_size,
-            within,
-            at,
-            len: n,
-        };
-        at += n;
-        Some(p)
-    })
-}
+pub use crate::block::{pieces, Piece};
 
 #[cfg(test)]
 mod tests {
@@ -169,15 +137,6 @@ mod tests {
         assert_eq!(g.chunk_ratio, 16);
         assert_eq!(g.data_blocks, 68);
         assert_eq!(g.entries, 68 + 67 / 16);
-    }
-
-    #[test]
-    fn pieces_cover_the_range() {
-        let v: Vec<Piece> = pieces(1000, 3 << 20, 1 << 20).collect();
-        assert_eq!(v.len(), 4);
-        assert_eq!(v.iter().map(|p| p.len).sum::<u64>(), 3 << 20);
-        assert_eq!(v[0].within, 1000);
-        assert_eq!(v[1].within, 0);
     }
 
     #[test]
