@@ -10,94 +10,35 @@
 //!
 //! A parent's bytes never change.
 
-use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use vdisk::{CreateOptions, OpenOptions};
 
 mod common;
+
+use common::crash::{splitmix, WriteLoad};
 
 const SIZE: u64 = 8 << 20;
 const SECTOR: u64 = 512;
 const MAX_OPS: u64 = 3000;
 const ITERATIONS: u64 = 48;
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Op `i` of run `seed`: a sector range, whether it is zeros, and whether a
-/// flush follows it.
-struct Op {
-    first: u64,
-    sectors: u64,
-    zero: bool,
-    flush_after: bool,
-}
-
-fn op(seed: u64, i: u64) -> Op {
-    let r = splitmix(seed ^ splitmix(i));
-    let sectors = 1 + (r >> 8) % 128;
-    let first = (r >> 24) % (SIZE / SECTOR - sectors + 1);
-    Op {
-        first,
-        sectors,
-        zero: r % 7 == 0,
-        flush_after: (r >> 4) % 5 == 0,
-    }
-}
-
-/// What op `i` of run `seed` writes into `sector`: distinct for every (run, op, sector).
-fn sector_content(seed: u64, i: u64, sector: u64, zero: bool) -> Vec<u8> {
-    if zero {
-        return vec![0; SECTOR as usize];
-    }
-    let mut s = vec![(seed as u8) ^ (i as u8) ^ (sector as u8) | 1; SECTOR as usize];
-    s[..8].copy_from_slice(&seed.to_le_bytes());
-    s[8..16].copy_from_slice(&i.to_le_bytes());
-    s[16..24].copy_from_slice(&sector.to_le_bytes());
-    s
-}
-
-fn op_buffer(seed: u64, i: u64, o: &Op) -> Vec<u8> {
-    (o.first..o.first + o.sectors)
-        .flat_map(|s| sector_content(seed, i, s, o.zero))
-        .collect()
-}
+/// The writes every writer harness makes.
+const LOAD: WriteLoad = WriteLoad {
+    size: SIZE,
+    max_sectors: 128,
+    ops: MAX_OPS,
+};
 
 /// The writer, run in a child process: writes ops until killed, appending the
 /// number of ops done to the ack file after every flush.
 #[test]
 #[ignore = "run by crash_harness in a child process"]
 fn crash_child_writer() {
-    let (Ok(img), Ok(ack), Ok(seed)) = (
-        std::env::var("CRASH_IMG"),
-        std::env::var("CRASH_ACK"),
-        std::env::var("CRASH_SEED"),
-    ) else {
-        return;
-    };
-    let seed: u64 = seed.parse().unwrap();
-    let mut disk = vdisk::open(Path::new(&img), OpenOptions { writable: true }).unwrap();
-    let ack = std::fs::OpenOptions::new().append(true).open(ack).unwrap();
-    for i in 0..MAX_OPS {
-        let o = op(seed, i);
-        disk.write_at(&op_buffer(seed, i, &o), o.first * SECTOR)
-            .unwrap();
-        if o.flush_after {
-            disk.flush().unwrap();
-            use std::io::Write;
-            (&ack).write_all(format!("{}\n", i + 1).as_bytes()).unwrap();
-        }
+    if let Some((img, ack, seed)) = common::crash::writer_env() {
+        LOAD.write_until_killed(&img, &ack, seed);
     }
-    disk.flush().unwrap();
-    use std::io::Write;
-    (&ack).write_all(format!("{MAX_OPS}\n").as_bytes()).unwrap();
 }
 
 fn read_all(path: &Path) -> Vec<u8> {
@@ -109,21 +50,7 @@ fn read_all(path: &Path) -> Vec<u8> {
 
 /// Runs the ignored test `test` of this binary in a child process, with `env`.
 fn spawn(env: &[(&str, &std::ffi::OsStr)], test: &str) -> std::process::Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        test,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    common::crash::spawn_ignored(test, env)
 }
 
 #[test]
@@ -169,50 +96,9 @@ fn harness(differencing: bool) {
     for iter in 0..ITERATIONS {
         rng = splitmix(rng);
         let seed = rng;
-        let ack = dir.path().join("ack");
-        std::fs::write(&ack, b"").unwrap();
-        let mut child = spawn(
-            &[
-                ("CRASH_IMG", img.as_os_str()),
-                ("CRASH_ACK", ack.as_os_str()),
-                ("CRASH_SEED", seed.to_string().as_ref()),
-            ],
-            "crash_child_writer",
-        );
-        std::thread::sleep(Duration::from_millis(5 + splitmix(seed) % 60));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let acks = std::fs::read_to_string(&ack).unwrap();
-        let done: u64 = acks
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .max()
-            .unwrap_or(0);
+        let done = LOAD.run_and_kill("crash_child_writer", &img, seed, 60);
         if done < MAX_OPS {
             mid_run_kills += 1;
-        } else {
-            assert!(
-                status.success(),
-                "iteration {iter}: the writer failed without being killed"
-            );
-        }
-
-        // Everything acknowledged is applied; later ops may or may not be.
-        for i in 0..done {
-            let o = op(seed, i);
-            let b = op_buffer(seed, i, &o);
-            model[(o.first * SECTOR) as usize..((o.first + o.sectors) * SECTOR) as usize]
-                .copy_from_slice(&b);
-        }
-        let mut later: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        for i in done..MAX_OPS {
-            let o = op(seed, i);
-            for s in o.first..o.first + o.sectors {
-                later
-                    .entry(s)
-                    .or_default()
-                    .push(sector_content(seed, i, s, o.zero));
-            }
         }
 
         let report = vdisk::check(&img).unwrap();
@@ -222,28 +108,23 @@ fn harness(differencing: bool) {
             report.problems
         );
         let got = read_all(&img);
-        for s in 0..SIZE / SECTOR {
-            let r = (s * SECTOR) as usize..((s + 1) * SECTOR) as usize;
-            let ok = got[r.clone()] == model[r.clone()]
-                || later
-                    .get(&s)
-                    .is_some_and(|v| v.iter().any(|c| c[..] == got[r.clone()]));
-            assert!(ok, "iteration {iter} (seed {seed}): sector {s} holds data never written there after the last flush ({done} ops acked)");
-        }
+        let compare_with_qemu = base_bytes.is_none() && iter % 8 == 0;
+        let qemu_view = compare_with_qemu.then(|| got.clone());
+        LOAD.check_and_advance(seed, done, &mut model, got, &format!("iteration {iter}"));
         if let Some(b) = &base_bytes {
             assert!(
                 std::fs::read(&base).unwrap() == *b,
                 "iteration {iter}: the parent changed"
             );
-        } else if iter % 8 == 0 {
+        } else if compare_with_qemu {
             // QEMU reads a differencing disk without its parent: compare plain
             // dynamic disks only.
             assert!(
-                common::qemu_contents(&img, &dir.path().join("q.raw")) == got,
+                qemu_view
+                    .is_some_and(|v| common::qemu_contents(&img, &dir.path().join("q.raw")) == v),
                 "iteration {iter}: qemu-img reads other data than vmhub"
             );
         }
-        model = got;
     }
     // The harness is only meaningful if kills land while the writer is busy.
     eprintln!("{mid_run_kills} of {ITERATIONS} writers killed mid-run");
@@ -285,8 +166,8 @@ fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
     for (layer, name) in ["base.vhd", "mid.vhd", "top.vhd"].iter().enumerate() {
         let mut d = vdisk::open(&dir.join(name), OpenOptions { writable: true }).unwrap();
         for i in 0..150u64 {
-            let o = op(seed ^ layer as u64, i);
-            let b = op_buffer(seed ^ layer as u64, i, &o);
+            let o = LOAD.op(seed ^ layer as u64, i);
+            let b = LOAD.buffer(seed ^ layer as u64, i);
             d.write_at(&b, o.first * SECTOR).unwrap();
             model[(o.first * SECTOR) as usize..((o.first + o.sectors) * SECTOR) as usize]
                 .copy_from_slice(&b);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::crash::{splitmix, WriteLoad};
 use common::run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -849,64 +850,21 @@ fn four_kib_logical_sectors() {
 const CRASH_SIZE: u64 = 8 << 20;
 const CRASH_OPS: u64 = 2000;
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Op `i` of run `seed`: first sector, sector count, zeros or not, flush after.
-fn crash_op(seed: u64, i: u64) -> (u64, u64, bool, bool) {
-    let r = splitmix(seed ^ splitmix(i));
-    let sectors = 1 + (r >> 8) % 300;
-    let first = (r >> 24) % (CRASH_SIZE / 512 - sectors + 1);
-    (first, sectors, r % 7 == 0, (r >> 4) % 5 == 0)
-}
-
-/// What op `i` of run `seed` writes into `sector`.
-fn crash_sector(seed: u64, i: u64, sector: u64, zero: bool) -> Vec<u8> {
-    if zero {
-        return vec![0; 512];
-    }
-    let mut s = vec![(seed as u8) ^ (i as u8) ^ (sector as u8) | 1; 512];
-    s[..8].copy_from_slice(&seed.to_le_bytes());
-    s[8..16].copy_from_slice(&i.to_le_bytes());
-    s[16..24].copy_from_slice(&sector.to_le_bytes());
-    s
-}
+/// The writes of the VHDX crash harness.
+const CRASH_LOAD: WriteLoad = WriteLoad {
+    size: CRASH_SIZE,
+    max_sectors: 300,
+    ops: CRASH_OPS,
+};
 
 /// The writer, run in a child process by `crash_harness_vhdx`: writes ops
 /// until killed, appending the number of ops done after every flush.
 #[test]
 #[ignore = "run by crash_harness_vhdx in a child process"]
 fn crash_child_writer_vhdx() {
-    let (Ok(img), Ok(ack), Ok(seed)) = (
-        std::env::var("CRASH_IMG"),
-        std::env::var("CRASH_ACK"),
-        std::env::var("CRASH_SEED"),
-    ) else {
-        return;
-    };
-    use std::io::Write;
-    let seed: u64 = seed.parse().unwrap();
-    let mut disk = vdisk::open(Path::new(&img), OpenOptions { writable: true }).unwrap();
-    let ack = std::fs::OpenOptions::new().append(true).open(ack).unwrap();
-    for i in 0..CRASH_OPS {
-        let (first, n, zero, flush) = crash_op(seed, i);
-        let buf: Vec<u8> = (first..first + n)
-            .flat_map(|s| crash_sector(seed, i, s, zero))
-            .collect();
-        disk.write_at(&buf, first * 512).unwrap();
-        if flush {
-            disk.flush().unwrap();
-            (&ack).write_all(format!("{}\n", i + 1).as_bytes()).unwrap();
-        }
+    if let Some((img, ack, seed)) = common::crash::writer_env() {
+        CRASH_LOAD.write_until_killed(&img, &ack, seed);
     }
-    disk.flush().unwrap();
-    (&ack)
-        .write_all(format!("{CRASH_OPS}\n").as_bytes())
-        .unwrap();
 }
 
 /// Writers of a dynamic VHDX, and of a differencing one over a parent with
@@ -950,52 +908,9 @@ fn crash_run(differencing: bool, iterations: u64) {
     for iter in 0..iterations {
         rng = splitmix(rng);
         let seed = rng;
-        let ack = dir.path().join("ack");
-        std::fs::write(&ack, b"").unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "crash_child_writer_vhdx",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env("CRASH_IMG", &img)
-            .env("CRASH_ACK", &ack)
-            .env("CRASH_SEED", seed.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5 + splitmix(seed) % 80));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        let done: u64 = std::fs::read_to_string(&ack)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .max()
-            .unwrap_or(0);
+        let done = CRASH_LOAD.run_and_kill("crash_child_writer_vhdx", &img, seed, 80);
         if done < CRASH_OPS {
             mid_run += 1;
-        } else {
-            assert!(status.success(), "iteration {iter}: the writer failed");
-        }
-        for i in 0..done {
-            let (first, n, zero, _) = crash_op(seed, i);
-            for s in first..first + n {
-                model[(s * 512) as usize..((s + 1) * 512) as usize]
-                    .copy_from_slice(&crash_sector(seed, i, s, zero));
-            }
-        }
-        let mut later: std::collections::HashMap<u64, Vec<Vec<u8>>> = Default::default();
-        for i in done..CRASH_OPS {
-            let (first, n, zero, _) = crash_op(seed, i);
-            for s in first..first + n {
-                later
-                    .entry(s)
-                    .or_default()
-                    .push(crash_sector(seed, i, s, zero));
-            }
         }
         let report = vdisk::check(&img).unwrap();
         assert!(
@@ -1007,14 +922,7 @@ fn crash_run(differencing: bool, iterations: u64) {
             dirty_logs += 1;
         }
         let got = vmhub_read(&img);
-        for s in 0..CRASH_SIZE / 512 {
-            let r = (s * 512) as usize..((s + 1) * 512) as usize;
-            let ok = got[r.clone()] == model[r.clone()]
-                || later
-                    .get(&s)
-                    .is_some_and(|v| v.iter().any(|c| c[..] == got[r.clone()]));
-            assert!(ok, "iteration {iter} (seed {seed}): sector {s} holds data never written there after the last flush ({done} ops acked)");
-        }
+        CRASH_LOAD.check_and_advance(seed, done, &mut model, got, &format!("iteration {iter}"));
         if let Some(b) = &base_bytes {
             assert!(
                 std::fs::read(&base).unwrap() == *b,
@@ -1026,11 +934,10 @@ fn crash_run(differencing: bool, iterations: u64) {
             drop(vdisk::open(&img, OpenOptions { writable: true }).unwrap());
             qemu_check(&img);
             assert!(
-                qemu_read(&img) == got,
+                qemu_read(&img) == model,
                 "iteration {iter}: qemu reads other data"
             );
         }
-        model = got;
     }
     eprintln!("{mid_run} of {iterations} writers killed mid-run, {dirty_logs} with a live log");
     assert!(

@@ -2,6 +2,8 @@
 // Each test binary uses only some of these.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use std::path::Path;
 use std::process::Command;
 
