@@ -15,6 +15,9 @@
 #   COUNT=20000      reads per `vmhub img bench` run (4 KiB, random, seed 1)
 #   REPS=3           repetitions of each merge; the median is reported
 #   SEED=20261124    seed for the layout and content of every disk (reproducible)
+#   ONLY=merge       skip the read chain and its timings: merges only
+#   VMHUB_ALT=path   a second vmhub binary whose merges are timed too,
+#                    interleaved with the others (to compare two builds)
 #
 # What is built (all disks 2 GiB, dynamic VHDs with 2 MiB blocks):
 #   base       512 MiB of random data in 512 non-overlapping 1 MiB runs at seeded
@@ -195,13 +198,16 @@ python3 -c "$generate" "$SEED" "$SIZE" "$DEPTH" < <(openssl enc -aes-128-ctr -no
 # The read chain: base.vhd, then c1 … c8, each filled before the next is made.
 "$VMHUB" img convert base.raw base.vhd
 prev=base.vhd
+[[ ${ONLY:-} != merge ]] || DEPTH=0
 for ((k = 1; k <= DEPTH; k++)); do
     "$VMHUB" img create "c$k.vhd" --parent "$prev" >/dev/null
     "$CHAIN_FILL" "c$k.vhd" "layer$k.raw" >/dev/null
     prev=c$k.vhd
 done
-"$VMHUB" img compare c8.vhd expect-chain.raw >/dev/null ||
-    { echo "FAIL: c8.vhd does not read as expect-chain.raw" >&2; exit 1; }
+if [[ ${ONLY:-} != merge ]]; then
+    "$VMHUB" img compare c8.vhd expect-chain.raw >/dev/null ||
+        { echo "FAIL: c8.vhd does not read as expect-chain.raw" >&2; exit 1; }
+fi
 
 # The merge chains, kept pristine in vhd/ and qcow2/ and copied for every run.
 mkdir vhd qcow2
@@ -217,7 +223,7 @@ done <changes.runs
 rm -f layer*.raw changes.raw
 sync
 alloc() { echo "$(($(stat -c %b "$1") * 512 / MiB)) MiB"; }
-echo "files:    base.vhd $(alloc base.vhd), c1.vhd $(alloc c1.vhd) … c8.vhd $(alloc c8.vhd);" \
+echo "files:    base.vhd $(alloc base.vhd);" \
     "vhd/child.vhd $(alloc vhd/child.vhd), qcow2/base.qcow2 $(alloc qcow2/base.qcow2)," \
     "qcow2/child.qcow2 $(alloc qcow2/child.qcow2) (allocated)"
 echo "built in $(elapsed "$t0") s"
@@ -226,6 +232,7 @@ echo
 # ---------------------------------------------------------------------------
 # Reads through the chain
 # ---------------------------------------------------------------------------
+if [[ ${ONLY:-} != merge ]]; then
 echo "timing reads ..." >&2
 declare -A iops secs
 bench() { # IMAGE → "iops seconds"
@@ -255,6 +262,7 @@ for img in "${images[@]}"; do
         "$(echo "scale=4; ${iops[warm.$img]} / ${iops[warm.base.vhd]}" | bc)"
 done
 echo
+fi
 
 # ---------------------------------------------------------------------------
 # Merge
@@ -263,6 +271,7 @@ echo "timing merges ..." >&2
 declare -A times mids
 mid=
 vmhub_merge() { "$VMHUB" img merge run-vhd/child.vhd >/dev/null; mid=$EPOCHREALTIME; }
+alt_merge() { "$VMHUB_ALT" img merge run-vhd/child.vhd >/dev/null; mid=$EPOCHREALTIME; }
 qemu_commit() {
     qemu-img commit -q run-qcow2/child.qcow2
     mid=$EPOCHREALTIME
@@ -293,6 +302,7 @@ for mode in "${modes[@]}"; do
     for ((r = 0; r < REPS; r++)); do
         one_merge vmhub vhd vmhub_merge "$mode"
         one_merge qemu qcow2 qemu_commit "$mode"
+        [[ -z ${VMHUB_ALT:-} ]] || one_merge alt vhd alt_merge "$mode"
     done
 done
 # The last run of each tool is checked.
@@ -304,7 +314,7 @@ qemu-img compare -q -f raw -F qcow2 expect-merge.raw run-qcow2/base.qcow2 ||
 
 declare -A res cmd
 for mode in "${modes[@]}"; do
-    for key in vmhub qemu; do
+    for key in vmhub qemu ${VMHUB_ALT:+alt}; do
         res[$mode.$key]=$(median <<<"${times[$mode.$key]}")
         cmd[$mode.$key]=$(median <<<"${mids[$mode.$key]}" | cut -d' ' -f1)
     done
@@ -313,7 +323,7 @@ cell() { # MODE KEY → median (min–max) [cmd]
     local med lo hi
     read -r med lo hi <<<"${res[$1.$2]}"
     printf '%.2f s (%.2f–%.2f)' "$med" "$lo" "$hi"
-    [[ $2 = vmhub ]] || printf ' [cmd %.2f]' "${cmd[$1.$2]}"
+    [[ $2 != qemu ]] || printf ' [cmd %.2f]' "${cmd[$1.$2]}"
 }
 ratio() { # MODE FIELD(1 median, 2 min)
     echo "scale=4; $(cut -d' ' -f"$2" <<<"${res[$1.vmhub]}") / $(cut -d' ' -f"$2" <<<"${res[$1.qemu]}")" | bc
@@ -324,6 +334,7 @@ echo "| tool | command | cold cache | warm cache |"
 echo "|---|---|---|---|"
 echo "| vmhub | \`vmhub img merge child.vhd\` | $(cell cold vmhub) | $(cell warm vmhub) |"
 echo "| qemu-img | \`qemu-img commit child.qcow2; sync base.qcow2\` | $(cell cold qemu) | $(cell warm qemu) |"
+[[ -z ${VMHUB_ALT:-} ]] || echo "| vmhub (alt) | \`$VMHUB_ALT img merge child.vhd\` | $(cell cold alt) | $(cell warm alt) |"
 echo
 echo "| ratio vmhub / qemu-img | target | cold (median) | cold (min) | warm (median) | warm (min) |"
 echo "|---|---|---|---|---|---|"

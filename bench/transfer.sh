@@ -16,6 +16,8 @@
 #   REPS=3           repetitions of each full import, push and pull (each into a
 #                    fresh library or a fresh registry); the median is reported
 #   ONLY=import      time the imports only (and the zstd and sha256 context)
+#   VMHUB_ALT=path   a second vmhub binary whose imports are timed too,
+#                    interleaved with the others (to compare two builds)
 #   SEED=20261124    seed for the choice of files, the random files and the
 #                    changes of v2
 #   USR_MIB="bin=128 lib=224 share=96"   MiB of files copied from each /usr folder
@@ -389,6 +391,10 @@ for ((r = 1; r <= REPS; r++)); do
         new_bytes=$(json new-bytes)
         mv lib-import lib1
     fi
+    if [[ -n ${VMHUB_ALT:-} ]]; then
+        rm -rf lib-import
+        run import_alt "$VMHUB_ALT" import v1.raw bench:1 --home lib-import --output json
+    fi
 done
 rm -rf lib-import
 run zstd zstd -q -3 -T"$(nproc)" -c v1.raw
@@ -408,6 +414,7 @@ import_table() {
     echo "| command | time | CPU | disk data | MiB/s of data | bound by CPU |"
     echo "|---|---|---|---|---|---|"
     echo "| \`vmhub import\` ($chunks chunks, $(mib "$new_bytes") MiB stored) | $(cell import) | $(cpu_m import) s | $(mib "$data_bytes") MiB | **$(rate "$data_bytes" "$(m import)")** (target ≥ 500: $( (($(echo "$data_bytes / $MiB / $(m import) >= 500" | bc))) && echo meets || echo MISSES)) | $(bound import) |"
+    [[ -z ${VMHUB_ALT:-} ]] || echo "| \`$VMHUB_ALT import\` | $(cell import_alt) | $(cpu_m import_alt) s | | **$(rate "$data_bytes" "$(m import_alt)")** | $(bound import_alt) |"
     echo "| \`zstd -3 -T$(nproc)\` of v1.raw (1 GiB with holes) | $(m zstd) s | $(cpu_m zstd) s | | $(rate "$data_bytes" "$(m zstd)") | $(bound zstd) |"
     echo "| \`openssl dgst -sha256\` of v1.raw (1 GiB with holes) | $(m sha256) s | $(cpu_m sha256) s | | $(rate "$data_bytes" "$(m sha256)") | $(bound sha256) |"
     echo
