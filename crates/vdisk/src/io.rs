@@ -209,6 +209,18 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Frees `len` bytes of `file` at `offset` (they read as zeros after), where
+/// the filesystem can; elsewhere nothing happens, which callers allow.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let _ = fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    );
+}
+
 /// Bytes written between two background syncs (see [`with_background_sync`]).
 pub(crate) const WRITEBACK_EVERY: u64 = 32 << 20;
 

@@ -185,11 +185,16 @@ fn merge_harness() {
         rng = splitmix(rng);
         let dir = tempfile::tempdir().unwrap();
         let model = merge_chain(dir.path(), rng);
-        let (top, base) = (dir.path().join("top.vhd"), dir.path().join("base.vhd"));
+        // Even runs merge top into base (through mid); odd ones into its
+        // parent mid, which gives top's blocks back as the copy goes.
+        let top = dir.path().join("top.vhd");
+        let target = dir
+            .path()
+            .join(if iter % 2 == 0 { "base.vhd" } else { "mid.vhd" });
         let mut child = spawn(
             &[
                 ("CRASH_IMG", top.as_os_str()),
-                ("CRASH_INTO", base.as_os_str()),
+                ("CRASH_INTO", target.as_os_str()),
             ],
             "crash_child_merger",
         );
@@ -198,21 +203,29 @@ fn merge_harness() {
         let _ = child.wait();
         if top.exists() {
             // Killed before it removed anything: the chain reads as before,
-            // and merging again completes the job.
+            // every disk in it checks clean, and merging again completes the job.
             interrupted += 1;
             assert!(
                 read_all(&top) == model,
                 "iteration {iter}: the chain reads differently after a killed merge"
             );
-            vdisk::vhd::merge::merge(&top, Some(&base), &mut |_, _| {}).unwrap();
+            for name in ["top.vhd", "mid.vhd", "base.vhd"] {
+                let report = vdisk::check(&dir.path().join(name)).unwrap();
+                assert!(
+                    report.clean,
+                    "iteration {iter}: {name}: {:?}",
+                    report.problems
+                );
+            }
+            vdisk::vhd::merge::merge(&top, Some(&target), &mut |_, _| {}).unwrap();
         } else {
             finished += 1;
         }
         assert!(
-            read_all(&base) == model,
-            "iteration {iter}: the merged base differs"
+            read_all(&target) == model,
+            "iteration {iter}: the merged disk differs"
         );
-        assert!(vdisk::check(&base).unwrap().clean, "iteration {iter}");
+        assert!(vdisk::check(&target).unwrap().clean, "iteration {iter}");
     }
     eprintln!("{interrupted} of {ITERATIONS} merges killed mid-way");
     assert!(

@@ -7,18 +7,34 @@
 //! reads exactly as before: a crash at any point leaves it readable with the same
 //! contents, and running the merge again completes it.
 //!
+//! When the child is merged into its own parent, the child's blocks are
+//! given back as the copy goes: every [`RELEASE_EVERY`] bytes the parent is
+//! flushed (data, BAT and footer durable), and then the child's blocks wholly
+//! below what was copied are marked unused in its BAT (written and synced)
+//! and their space is punched out of the file. Reads of those sectors then
+//! fall through to the parent, which holds the same bytes, so the chain still
+//! reads the same at every point; and the space the child held is freed while
+//! the copy goes on (so a merge needs little room beyond the parent's growth,
+//! and removing the child at the end has little left to free).
+//!
 //! Other differencing disks over the disks that change (siblings of the child,
 //! children of a disk between) would read other data afterwards, or lose their
 //! parent, and no file links a parent to its children. So the folders of the
 //! chain are searched for them, and the merge is refused when one is found
 //! unless the caller allows it (Hyper-V asks the same question).
 
+use super::bat::{Bat, UNUSED};
 use super::footer::DiskType;
-use super::{read_footer, VhdDisk};
-use crate::io::file_len;
+use super::{meta, read_footer, VhdDisk};
+use crate::io::{file_len, sync_data};
 use crate::{Disk, Error, Result};
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// Bytes copied between two releases of the child's blocks (each costs a
+/// flush of the parent), at most.
+const RELEASE_EVERY: u64 = 96 << 20;
 
 /// What a merge did.
 #[derive(Clone, Debug)]
@@ -160,6 +176,14 @@ pub fn merge_with(
     // that removing the files has less to free. (Dropping them piece by piece
     // as the copy went cost the reader more than it saved.)
     let doomed: Vec<&VhdDisk> = layers[..target_index].to_vec();
+    // Only a child merged into its own parent gives blocks back early: with
+    // disks between, a released sector would read the middle disk's older
+    // data instead of the target's.
+    let releaser = if target_index == 1 {
+        Releaser::new(&top)?
+    } else {
+        None
+    };
     let mut done = 0;
     let sync_file = target
         .file()
@@ -201,15 +225,42 @@ pub fn merge_with(
                     crate::io::forget(d.file(), 0, None);
                 }
             });
+            // The releaser works on its own thread, a batch at a time; a
+            // batch asked for while one runs is dropped, as the next covers it.
+            let (release_tx, release_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+            let releasing = releaser.is_some();
+            if let Some(mut r) = releaser {
+                scope.spawn(move || {
+                    for below in release_rx {
+                        // A failed release leaves the child whole, which is
+                        // as safe; removing it at the end frees the rest.
+                        if r.release_below(below).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            // Small merges release in four steps or so rather than in one.
+            let release_every = RELEASE_EVERY.min((total / 4).max(1 << 20));
             let mut since = 0;
+            let mut since_release = 0;
             for piece in rx {
                 let (off, buf) = piece?;
                 target.write_at(&buf, off)?;
-                done += buf.len() as u64;
-                since += buf.len() as u64;
+                let n = buf.len() as u64;
+                done += n;
+                since += n;
+                since_release += n;
                 if since >= crate::io::WRITEBACK_EVERY {
                     written();
                     since = 0;
+                }
+                if releasing && since_release >= release_every {
+                    // Pieces go in ascending order: everything below the
+                    // end of this one is in the parent, durably after this.
+                    target.flush()?;
+                    let _ = release_tx.try_send(off + n);
+                    since_release = 0;
                 }
                 progress(done, total);
                 // The reader may be done; then the buffer is simply freed.
@@ -231,6 +282,76 @@ pub fn merge_with(
         bytes: done,
         orphaned,
     })
+}
+
+/// Gives a child's blocks back while it is merged into its parent (see the
+/// module's documentation).
+struct Releaser {
+    file: File,
+    path: PathBuf,
+    bat: Bat,
+    table_offset: u64,
+    block_size: u64,
+    bitmap_size: u64,
+    /// The first block not released yet.
+    next: u64,
+}
+
+impl Releaser {
+    /// A releaser for `child`, or `None` if it has no BAT.
+    fn new(child: &VhdDisk) -> Result<Option<Releaser>> {
+        let (Some((bat, block_size, bitmap_size)), Some(header)) =
+            (child.bat_copy(), child.dynamic_header())
+        else {
+            return Ok(None);
+        };
+        let path = child.path().to_path_buf();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "open", e))?;
+        Ok(Some(Releaser {
+            file,
+            path,
+            bat,
+            table_offset: header.table_offset,
+            block_size,
+            bitmap_size,
+            next: 0,
+        }))
+    }
+
+    /// Releases the blocks wholly below guest offset `below`, whose sectors
+    /// the parent now holds durably: BAT entries unused (written, synced),
+    /// then the blocks' space punched out.
+    fn release_below(&mut self, below: u64) -> Result<()> {
+        let end = below / self.block_size;
+        let mut dirty = BTreeSet::new();
+        let mut freed = Vec::new();
+        for b in self.next..end {
+            let Some(at) = self.bat.block_offset(b) else {
+                continue;
+            };
+            let Some(sector) = usize::try_from(b)
+                .ok()
+                .and_then(|i| self.bat.set(i, UNUSED))
+            else {
+                continue;
+            };
+            dirty.insert(sector);
+            freed.push(at);
+        }
+        self.next = self.next.max(end);
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        meta::write_bat_sectors(&self.file, &self.path, &self.bat, self.table_offset, dirty)?;
+        sync_data(&self.file, &self.path)?;
+        for at in freed {
+            crate::io::punch_hole(&self.file, at, self.bitmap_size + self.block_size);
+        }
+        Ok(())
+    }
 }
 
 /// The most files looked at per folder while searching for dependents.
@@ -275,4 +396,66 @@ fn parent_id(path: &Path) -> Option<[u8; 16]> {
     }
     let header = super::meta::read_header(&file, path, &footer, len).ok()?;
     Some(header.parent_unique_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreateOptions, Disk, OpenOptions};
+    use std::os::unix::fs::MetadataExt;
+
+    const MIB: u64 = 1 << 20;
+
+    fn fill(path: &Path, byte: u8, offset: u64, len: u64) {
+        let mut d = crate::open(path, OpenOptions { writable: true }).unwrap();
+        d.write_at(&vec![byte; len as usize], offset).unwrap();
+        d.flush().unwrap();
+    }
+
+    #[test]
+    fn released_blocks_read_from_the_parent_and_give_their_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (parent, child) = (dir.path().join("p.vhd"), dir.path().join("c.vhd"));
+        let opts = CreateOptions {
+            block_size: Some(2 * MIB),
+            ..CreateOptions::default()
+        };
+        crate::create(&parent, 16 * MIB, &opts, false).unwrap();
+        fill(&parent, 0xa0, 0, 16 * MIB);
+        crate::create_child(&child, &parent, 2 * MIB, false).unwrap();
+        fill(&child, 0xb0, 0, 12 * MIB);
+        // As after the copy of the first 6 MiB: the parent holds them too.
+        fill(&parent, 0xb0, 0, 6 * MIB);
+        let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        let before = allocated(&child);
+
+        let top = VhdDisk::open(&child, false).unwrap();
+        let mut r = Releaser::new(&top).unwrap().unwrap();
+        // Blocks 0–2 lie wholly below; block 3 only in part, so it stays.
+        // (A block starts 512 bytes into a page, after its bitmap: only its
+        // whole pages are freed.)
+        r.release_below(6 * MIB + 4096).unwrap();
+        r.release_below(MIB).unwrap();
+        drop(top);
+
+        let top = VhdDisk::open(&child, false).unwrap();
+        let (bat, _, _) = top.bat_copy().unwrap();
+        for b in 0..3 {
+            assert_eq!(bat.block_offset(b), None, "block {b}");
+        }
+        for b in 3..6 {
+            assert!(bat.block_offset(b).is_some(), "block {b}");
+        }
+        let mut got = vec![0u8; (16 * MIB) as usize];
+        top.read_at(&mut got, 0).unwrap();
+        assert!(got[..(12 * MIB) as usize].iter().all(|&b| b == 0xb0));
+        assert!(got[(12 * MIB) as usize..].iter().all(|&b| b == 0xa0));
+        assert!(
+            allocated(&child) + 3 * (2 * MIB - 4096) <= before,
+            "{} bytes allocated, {before} before",
+            allocated(&child)
+        );
+        let report = crate::check(&child).unwrap();
+        assert!(report.clean, "{:?}", report.problems);
+    }
 }

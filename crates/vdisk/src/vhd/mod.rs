@@ -306,6 +306,15 @@ impl VhdDisk {
         }
     }
 
+    /// A copy of a dynamic or differencing disk's BAT, with the sizes that
+    /// place its blocks in the file: (BAT, block size, sector bitmap size).
+    pub(crate) fn bat_copy(&self) -> Option<(bat::Bat, u64, u64)> {
+        match &self.layout {
+            Layout::Dynamic(d) => Some((d.bat.clone(), d.block_size, d.bitmap_size)),
+            Layout::Fixed => None,
+        }
+    }
+
     /// The open image file.
     pub(crate) fn file(&self) -> &File {
         &self.file
