@@ -115,7 +115,8 @@ impl Browser {
             return;
         }
         list.push((d, Arc::clone(index)));
-        while list.len() > INDEXES || list.iter().map(|(_, i)| weight(i)).sum::<usize>() > INDEX_ENTRIES
+        while list.len() > INDEXES
+            || list.iter().map(|(_, i)| weight(i)).sum::<usize>() > INDEX_ENTRIES
         {
             list.remove(0);
         }
@@ -350,10 +351,7 @@ async fn answer(
         Ok(i) => i,
         Err(e) => return Ok(e.page()),
     };
-    let name = format!(
-        "{}:{} disk {n} ({})",
-        target.repo, target.tag, disk.name
-    );
+    let name = format!("{}:{} disk {n} ({})", target.repo, target.tag, disk.name);
     let opened = Opened {
         name,
         index,
@@ -409,9 +407,7 @@ impl Failure {
             );
         }
         let (status, title) = match e {
-            vfs::Error::NotFound(_) | vfs::Error::NotDir(_) => {
-                (StatusCode::NOT_FOUND, "Not found")
-            }
+            vfs::Error::NotFound(_) | vfs::Error::NotDir(_) => (StatusCode::NOT_FOUND, "Not found"),
             vfs::Error::Invalid(_) => (StatusCode::BAD_REQUEST, "Cannot show this"),
             vfs::Error::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Cannot read this"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "Cannot read this"),
@@ -421,7 +417,12 @@ impl Failure {
 }
 
 /// Reads a stored blob of at most `max` bytes and checks its digest.
-async fn read_checked(store: &dyn BlobStore, d: &Digest, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
+async fn read_checked(
+    store: &dyn BlobStore,
+    d: &Digest,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, Failure> {
     let data = store
         .read_small(d, max.saturating_add(1))
         .await
@@ -529,7 +530,11 @@ fn disks_page(t: &Target, machine: &Machine) -> Response {
         );
     }
     body.push_str("</table>");
-    page(StatusCode::OK, &format!("Files of {}:{}", t.repo, t.tag), &body)
+    page(
+        StatusCode::OK,
+        &format!("Files of {}:{}", t.repo, t.tag),
+        &body,
+    )
 }
 
 /// Reads a disk's chunks from the hub's blob storage.
@@ -729,9 +734,12 @@ fn render(t: &Target, opened: &Opened) -> Result<Response, Failure> {
         .stat(&path)
         .map_err(|e| Failure::from_vfs(&e, stopped()))?;
     match entry.kind {
-        EntryKind::Dir => folder_page(t, vol.as_mut()).map_err(|e| Failure::from_vfs(&e, stopped())),
-        EntryKind::File => file_page(t, vol.as_mut(), entry.size)
-            .map_err(|e| Failure::from_vfs(&e, stopped())),
+        EntryKind::Dir => {
+            folder_page(t, vol.as_mut()).map_err(|e| Failure::from_vfs(&e, stopped()))
+        }
+        EntryKind::File => {
+            file_page(t, vol.as_mut(), entry.size).map_err(|e| Failure::from_vfs(&e, stopped()))
+        }
         EntryKind::Symlink => {
             let to = vol
                 .read_link(&path)
@@ -802,7 +810,11 @@ fn partitions_page(t: &Target, img: &Image) -> Response {
     for w in &table.warnings {
         let _ = write!(body, "<p class=\"warning\">{}</p>", esc(w));
     }
-    page(StatusCode::OK, &format!("Disk {}", t.disk.unwrap_or(0)), &body)
+    page(
+        StatusCode::OK,
+        &format!("Disk {}", t.disk.unwrap_or(0)),
+        &body,
+    )
 }
 
 /// `ls -l`'s permission string for `mode`.
@@ -880,7 +892,11 @@ fn folder_page(t: &Target, vol: &mut dyn Volume) -> vfs::Result<Response> {
                     let _ = write!(name, " → <span class=\"target\">{}</span>", esc(&to));
                 }
                 Err(err) => {
-                    let _ = write!(name, " → <span class=\"error\">{}</span>", esc(&err.to_string()));
+                    let _ = write!(
+                        name,
+                        " → <span class=\"error\">{}</span>",
+                        esc(&err.to_string())
+                    );
                 }
             }
         }
@@ -917,10 +933,13 @@ impl Write for Capped {
         let room = self.cap - self.data.len();
         if room == 0 {
             self.full = true;
-            return Err(std::io::Error::other("enough of the file was read to show it"));
+            return Err(std::io::Error::other(
+                "enough of the file was read to show it",
+            ));
         }
         let n = buf.len().min(room);
-        self.data.extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.data
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
         Ok(n)
     }
 
@@ -937,7 +956,9 @@ fn as_text(data: &[u8], cut: bool) -> Option<&str> {
     }
     match std::str::from_utf8(data) {
         Ok(s) => Some(s),
-        Err(e) if cut && e.error_len().is_none() => std::str::from_utf8(data.get(..e.valid_up_to())?).ok(),
+        Err(e) if cut && e.error_len().is_none() => {
+            std::str::from_utf8(data.get(..e.valid_up_to())?).ok()
+        }
         Err(_) => None,
     }
 }
@@ -986,7 +1007,10 @@ fn file_page(t: &Target, vol: &mut dyn Volume, size: u64) -> vfs::Result<Respons
 /// A symbolic link: where it points, linked when that is inside the volume.
 fn link_page(t: &Target, to: &str) -> Response {
     let path = t.fs_path();
-    let parent = t.path.get(..t.path.len().saturating_sub(1)).unwrap_or_default();
+    let parent = t
+        .path
+        .get(..t.path.len().saturating_sub(1))
+        .unwrap_or_default();
     let joined = if to.starts_with('/') {
         to.to_string()
     } else {
@@ -1029,9 +1053,9 @@ impl Sender {
             return Ok(());
         }
         let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+        self.tx.blocking_send(Ok(piece)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
     }
 }
 
@@ -1101,16 +1125,14 @@ async fn download(hub: &Hub, target: Target, opened: Opened) -> Response {
             sent: 0,
             limit: entry.size,
         };
-        let r = vol
-            .read_file(&path, &mut out)
-            .and_then(|n| {
-                out.flush().map_err(|e| vfs::Error::Local {
-                    path: path.clone(),
-                    op: "send",
-                    source: e,
-                })?;
-                Ok(n)
-            });
+        let r = vol.read_file(&path, &mut out).and_then(|n| {
+            out.flush().map_err(|e| vfs::Error::Local {
+                path: path.clone(),
+                op: "send",
+                source: e,
+            })?;
+            Ok(n)
+        });
         let short = matches!(r, Ok(n) if n != entry.size);
         if let Err(e) = r {
             // The connection is cut short: the client sees an incomplete
@@ -1155,7 +1177,10 @@ async fn download(hub: &Hub, target: Target, opened: Opened) -> Response {
     if let Ok(v) = HeaderValue::from_str(&attachment(&name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; sandbox"),
@@ -1213,7 +1238,10 @@ mod tests {
             mode_string(EntryKind::File, Some(0o100644)),
             "-rw-r--r-- (0644)"
         );
-        assert_eq!(mode_string(EntryKind::Dir, Some(0o755)), "drwxr-xr-x (0755)");
+        assert_eq!(
+            mode_string(EntryKind::Dir, Some(0o755)),
+            "drwxr-xr-x (0755)"
+        );
         assert_eq!(mode_string(EntryKind::Dir, None), "");
         assert_eq!(as_text(b"hi\n", false), Some("hi\n"));
         assert_eq!(as_text(b"a\0b", false), None);

@@ -38,7 +38,12 @@ fn fixture() -> Option<Fixture> {
     let (disk, big, blob) = build_disk(dir.path());
     let data = dir.path().join("data");
     let server = Server::start(&data);
-    let (_, manifest) = push(&server.client(), &dir.path().join("lib"), &disk, "acme/box:1");
+    let (_, manifest) = push(
+        &server.client(),
+        &dir.path().join("lib"),
+        &disk,
+        "acme/box:1",
+    );
     Some(Fixture {
         _dir: dir,
         server,
@@ -59,11 +64,19 @@ fn folders_files_links_and_partitions_are_shown() {
     // The machine page links to the browser.
     let a = c.get("/m/acme/box");
     assert_eq!(a.status, 200, "{}", text(&a));
-    assert!(text(&a).contains(&format!("href=\"{BASE}/\"")), "{}", text(&a));
+    assert!(
+        text(&a).contains(&format!("href=\"{BASE}/\"")),
+        "{}",
+        text(&a)
+    );
 
     let a = c.get(&format!("{BASE}/"));
     assert_eq!(a.status, 200, "{}", text(&a));
-    assert!(text(&a).contains(&format!("href=\"{BASE}/0/\"")), "{}", text(&a));
+    assert!(
+        text(&a).contains(&format!("href=\"{BASE}/0/\"")),
+        "{}",
+        text(&a)
+    );
     assert!(text(&a).contains("disk0"));
 
     // The partition table: FAT in 1, ext4 in 2.
@@ -88,14 +101,24 @@ fn folders_files_links_and_partitions_are_shown() {
     ] {
         assert!(page.contains(&want), "no {want} in {page}");
     }
-    assert_eq!(a.header("content-security-policy").map(|v| v.contains("default-src 'none'")), Some(true));
+    assert_eq!(
+        a.header("content-security-policy")
+            .map(|v| v.contains("default-src 'none'")),
+        Some(true)
+    );
 
     // /etc, with a name that needs escaping in HTML and in URLs.
     let a = c.get(&format!("{BASE}/0/2/etc/"));
     assert_eq!(a.status, 200, "{}", text(&a));
     let page = text(&a);
-    assert!(page.contains(&format!("href=\"{BASE}/0/2/etc/os-release\"")), "{page}");
-    assert!(page.contains(&format!("href=\"{BASE}/0/2/etc/odd/\"")), "{page}");
+    assert!(
+        page.contains(&format!("href=\"{BASE}/0/2/etc/os-release\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("href=\"{BASE}/0/2/etc/odd/\"")),
+        "{page}"
+    );
     // Breadcrumbs lead back up.
     assert!(page.contains(&format!("href=\"{BASE}/0/2/\"")), "{page}");
     let a = c.get(&format!("{BASE}/0/2/etc/odd/"));
@@ -106,7 +129,11 @@ fn folders_files_links_and_partitions_are_shown() {
     assert!(!page.contains("<c>"), "{page}");
     let a = c.get(&href);
     assert_eq!(a.status, 200, "{}", text(&a));
-    assert!(text(&a).contains("<pre class=\"file\">odd\n</pre>"), "{}", text(&a));
+    assert!(
+        text(&a).contains("<pre class=\"file\">odd\n</pre>"),
+        "{}",
+        text(&a)
+    );
 
     // A text file is shown inline, escaped, with a download link.
     let a = c.get(&format!("{BASE}/0/2/etc/os-release"));
@@ -126,10 +153,17 @@ fn folders_files_links_and_partitions_are_shown() {
     // The symlink shows its target in the listing and links to it.
     let a = c.get(&format!("{BASE}/0/2/bin/"));
     let page = text(&a);
-    assert!(page.contains("→ <span class=\"target\">../etc/os-release</span>"), "{page}");
+    assert!(
+        page.contains("→ <span class=\"target\">../etc/os-release</span>"),
+        "{page}"
+    );
     let a = c.get(&format!("{BASE}/0/2/bin/release"));
     assert_eq!(a.status, 200, "{}", text(&a));
-    assert!(text(&a).contains(&format!("href=\"{BASE}/0/2/etc/os-release\"")), "{}", text(&a));
+    assert!(
+        text(&a).contains(&format!("href=\"{BASE}/0/2/etc/os-release\"")),
+        "{}",
+        text(&a)
+    );
 
     // A binary file is a download link, and downloads whole.
     let a = c.get(&format!("{BASE}/0/2/bin/blob"));
@@ -156,7 +190,11 @@ fn a_file_past_the_inline_cap_is_cut_and_downloads_whole() {
     let a = c.get(&format!("{BASE}/0/2/big.txt"));
     assert_eq!(a.status, 200, "{}", text(&a));
     let page = text(&a);
-    assert!(page.contains("The first 256.0 KiB of 300.0 KiB are shown."), "{}", &page[..400.min(page.len())]);
+    assert!(
+        page.contains("The first 256.0 KiB of 300.0 KiB are shown."),
+        "{}",
+        &page[..400.min(page.len())]
+    );
     let shown = std::str::from_utf8(&f.big[..256 << 10]).unwrap();
     assert!(page.contains(&format!("<pre class=\"file\">{shown}</pre>")));
     let a = c.get(&format!("{BASE}/0/2/big.txt?download"));

@@ -135,10 +135,18 @@ pub fn build_disk(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
     std::fs::write(root.join("etc/odd/a b&<c>.txt"), "odd\n").unwrap();
     std::os::unix::fs::symlink("../etc/os-release", root.join("bin/release")).unwrap();
     let big: Vec<u8> = (0..BIG)
-        .map(|i| if i % 64 == 63 { b'\n' } else { b'a' + (i % 26) as u8 })
+        .map(|i| {
+            if i % 64 == 63 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
         .collect();
     std::fs::write(root.join("big.txt"), &big).unwrap();
-    let blob: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let blob: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(root.join("bin/blob"), &blob).unwrap();
     run(
         "mke2fs",
@@ -199,12 +207,7 @@ pub fn push(
         client.push_blob(&r.name, &data);
     }
     let json = std::fs::read(blobs.path(&imported.manifest)).unwrap();
-    let a = client.push_manifest(
-        &r.name,
-        &r.tag,
-        store::manifest::MANIFEST_MEDIA_TYPE,
-        &json,
-    );
+    let a = client.push_manifest(&r.name, &r.tag, store::manifest::MANIFEST_MEDIA_TYPE, &json);
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     (imported.manifest.to_string(), manifest)
 }
