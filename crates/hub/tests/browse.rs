@@ -264,3 +264,120 @@ fn a_tampered_chunk_gives_an_error_page() {
     // The hub still answers.
     assert_eq!(c.get("/m/acme/box").status, 200);
 }
+
+#[test]
+fn chunks_read_once_serve_later_requests() {
+    let Some(f) = fixture() else { return };
+    let c = common::Client::new(&f.server.base);
+    let path = format!("{BASE}/0/2/etc/os-release");
+    let a = c.get(&path);
+    assert_eq!(a.status, 200, "{}", text(&a));
+    // With the chunks gone from storage, the same page still comes from the
+    // cache every request shares...
+    for l in &f.manifest.layers {
+        if l.media_type == store::index::CHUNK_MEDIA_TYPE {
+            let hex = l.digest.hex();
+            std::fs::remove_file(f.data.join("blobs/sha256").join(&hex[..2]).join(&hex)).unwrap();
+        }
+    }
+    let a = c.get(&path);
+    assert_eq!(a.status, 200, "{}", text(&a));
+    assert!(text(&a).contains(&esc(OS_RELEASE)));
+    // ...which a hub started afresh over the same storage does not have.
+    drop(f.server);
+    let server = Server::start(&f.data);
+    let a = common::Client::new(&server.base).get(&path);
+    assert_eq!(a.status, 500, "{}", text(&a));
+    assert!(
+        text(&a).contains("cannot be read from storage"),
+        "{}",
+        text(&a)
+    );
+}
+
+#[test]
+fn a_damaged_filesystem_gives_error_pages_not_a_panic() {
+    if !have_tools(&["mke2fs", "debugfs"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/os-release"), OS_RELEASE).unwrap();
+    let img = dir.path().join("bad.raw");
+    let mke2fs = machines::which("mke2fs").unwrap();
+    let out = std::process::Command::new(mke2fs)
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Where the inode of /etc is, and garbage over it.
+    let debugfs = machines::which("debugfs").unwrap();
+    let out = std::process::Command::new(debugfs)
+        .args(["-R", "imap /etc"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let block: u64 = said
+        .split("located at block ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block in {said:?}"));
+    let offset = said
+        .split("offset 0x")
+        .nth(1)
+        .and_then(|r| u64::from_str_radix(r.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no offset in {said:?}"));
+    let mut data = std::fs::read(&img).unwrap();
+    let at = (block * 4096 + offset) as usize;
+    let mut x = 0x9e37_79b9u32;
+    for b in &mut data[at..at + 256] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(&img, &data).unwrap();
+
+    let server = Server::start(&dir.path().join("data"));
+    push(
+        &server.client(),
+        &dir.path().join("lib"),
+        &img,
+        "acme/bad:1",
+    );
+    let c = common::Client::new(&server.base);
+    let a = c.get("/m/acme/bad/1/files/0/");
+    assert_eq!(a.status, 200, "{}", text(&a));
+    assert!(text(&a).contains("no partition table"), "{}", text(&a));
+    for path in [
+        "/m/acme/bad/1/files/0/0/",
+        "/m/acme/bad/1/files/0/0/etc/",
+        "/m/acme/bad/1/files/0/0/etc/os-release",
+    ] {
+        let a = c.get(path);
+        let page = text(&a);
+        if path.ends_with("/0/0/") && a.status == 200 {
+            // The root may list without reading the damaged inode.
+            continue;
+        }
+        assert!(
+            a.status >= 400 && a.status != 503,
+            "{path}: {} {page}",
+            a.status
+        );
+        assert!(page.contains("<p class=\"error\">"), "{path}: {page}");
+        assert!(!page.contains("panicked"), "{path}: {page}");
+    }
+    // The hub still answers.
+    assert_eq!(c.get("/m/acme/bad").status, 200);
+}
