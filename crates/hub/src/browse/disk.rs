@@ -1,7 +1,15 @@
 //! A machine's disk as the filesystem code reads it: chunks fetched from
 //! the hub's blob storage, and reads that stop when the request does.
 
-use super::*;
+use crate::digest::Digest;
+use crate::storage::BlobStore;
+use futures_util::StreamExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use store::index::{ChunkRef, DiskIndex};
+use store::{ChunkCache, ChunkDisk, ChunkSource};
+use vfs::Image;
 
 /// Reads a disk's chunks from the hub's blob storage.
 pub(super) struct StoreSource {

@@ -1,6 +1,17 @@
 //! Downloads of single files, streamed from the blocking pool.
 
-use super::*;
+use super::disk::Opened;
+use super::pages::kind_name;
+use super::{component, error_page, Failure, Target, PIECE, PIECES_QUEUED};
+use crate::Hub;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use vfs::EntryKind;
 
 /// Hands a download's bytes to the connection, a piece at a time.
 pub(super) struct Sender {

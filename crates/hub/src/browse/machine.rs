@@ -1,7 +1,16 @@
 //! Finding a machine version's description and a disk's index in storage,
 //! each checked against its digest.
 
-use super::*;
+use super::Failure;
+use crate::digest::Digest;
+use crate::storage::BlobStore;
+use crate::{Hub, MAX_MANIFEST_SIZE};
+use axum::http::StatusCode;
+use std::collections::HashSet;
+use std::sync::Arc;
+use store::index::{DiskIndex, MAX_INDEX_BYTES};
+use store::machine::{Machine, MAX_CONFIG_BYTES};
+use store::manifest::Manifest;
 
 /// Reads a stored blob of at most `max` bytes and checks its digest.
 pub(super) async fn read_checked(

@@ -22,26 +22,17 @@
 use crate::api::{percent_decode, Query};
 use crate::digest::Digest;
 use crate::error::ApiResult;
-use crate::storage::BlobStore;
-use crate::web::{esc, human, page};
-use crate::{blobs::db_err, names, Hub, MAX_MANIFEST_SIZE};
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue, StatusCode};
+use crate::web::{esc, page};
+use crate::{blobs::db_err, names, Hub};
+use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::StreamExt;
-use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
-use store::index::{ChunkRef, DiskIndex, MAX_INDEX_BYTES};
-use store::machine::{Machine, MAX_CONFIG_BYTES};
-use store::manifest::Manifest;
-use store::{ChunkCache, ChunkDisk, ChunkSource};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use vfs::{EntryKind, Image, TableKind, Volume};
+use std::time::Duration;
+use store::index::DiskIndex;
+use store::ChunkCache;
+use tokio::sync::Semaphore;
 
 mod disk;
 mod download;
@@ -51,7 +42,7 @@ mod pages;
 use disk::Opened;
 use download::download;
 use machine::{load_index, load_machine};
-use pages::{disks_page, kind_name, page_job};
+use pages::{disks_page, page_job};
 
 /// Decompressed chunks kept between requests, at most.
 const CACHE_BYTES: u64 = 256 << 20;
@@ -440,6 +431,7 @@ pub(crate) fn machine_link(repo: &str, tag: &str) -> String {
 mod tests {
     use super::download::attachment;
     use super::pages::{as_text, mode_string, when};
+    use vfs::EntryKind;
     use super::*;
 
     #[test]

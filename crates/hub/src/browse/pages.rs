@@ -1,7 +1,19 @@
 //! The pages: the disks of a machine, a partition table, a folder, a file,
 //! a link. Everything but the list of disks is made on the blocking pool.
 
-use super::*;
+use super::disk::Opened;
+use super::{error_page, Failure, Target, INLINE_CAP, MAX_LISTED, PAGE_DEADLINE, QUEUE_WAIT};
+use crate::web::{esc, human, page};
+use crate::Hub;
+use axum::http::StatusCode;
+use axum::response::Response;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use store::machine::Machine;
+use vfs::{EntryKind, Image, TableKind, Volume};
 
 /// `/m/<repo>/<tag>/files/`: the machine's disks.
 pub(super) fn disks_page(t: &Target, machine: &Machine) -> Response {
