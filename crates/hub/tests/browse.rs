@@ -381,3 +381,14 @@ fn a_damaged_filesystem_gives_error_pages_not_a_panic() {
     // The hub still answers.
     assert_eq!(c.get("/m/acme/bad").status, 200);
 }
+
+#[test]
+fn a_private_hub_shows_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hub::Config::new(dir.path().join("data"));
+    config.private = true;
+    let server = Server::start_with(config);
+    let a = common::Client::new(&server.base).get(&format!("{BASE}/0/2/etc/"));
+    assert_eq!(a.status, 404, "{}", text(&a));
+    assert!(text(&a).contains("private"), "{}", text(&a));
+}

@@ -19,6 +19,7 @@
 //! chunk source bridges back to the async store with a runtime handle. A
 //! page has a deadline, past which reads fail; a download stops when its
 //! client goes away.
+
 use crate::api::{percent_decode, Query};
 use crate::digest::Digest;
 use crate::error::ApiResult;
@@ -68,7 +69,7 @@ const PAGE_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_LISTED: usize = 5000;
 
 /// Bytes of a file shown inline.
-pub const INLINE_CAP: u64 = 256 << 10;
+const INLINE_CAP: u64 = 256 << 10;
 
 /// Pieces a download streams in, and how many wait between the reader and
 /// the connection.
@@ -234,9 +235,9 @@ pub(crate) async fn route(
 ) -> Option<ApiResult<Response>> {
     let rest = raw_path.strip_prefix("/m/")?;
     let segs: Vec<&str> = rest.split('/').collect();
-    // Repository names may hold slashes, so `files` is looked for after
-    // every possible repository and tag; names cannot be `files`-free of
-    // ambiguity, so the first version that exists wins.
+    // Repository names may hold slashes, and even a component `files`: every
+    // `files` segment after a repository and a tag is a possible split, and
+    // the first whose machine version exists wins.
     let candidates: Vec<(String, String, usize)> = (2..segs.len())
         .filter(|&i| segs.get(i) == Some(&"files"))
         .filter_map(|i| {
@@ -431,8 +432,8 @@ pub(crate) fn machine_link(repo: &str, tag: &str) -> String {
 mod tests {
     use super::download::attachment;
     use super::pages::{as_text, mode_string, when};
-    use vfs::EntryKind;
     use super::*;
+    use vfs::EntryKind;
 
     #[test]
     fn names_are_encoded_whole() {

@@ -166,14 +166,13 @@ pub(super) fn partitions_page(t: &Target, img: &Image) -> Response {
     for p in &table.partitions {
         let fs = p.filesystem.to_string();
         let number = if p.filesystem.readable() && !p.extended {
-            let mut to = Target {
+            let to = Target {
                 repo: t.repo.clone(),
                 tag: t.tag.clone(),
                 disk: t.disk,
                 partition: Some(p.number),
                 path: Vec::new(),
             };
-            to.path.clear();
             format!(
                 "<a href=\"{}\">{}</a>",
                 esc(&to.url_of(&[], true)),
