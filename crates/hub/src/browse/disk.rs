@@ -124,3 +124,50 @@ impl vdisk::Disk for Guarded {
         self.disk.path()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::index::{ChunkAlgorithm, Chunking};
+    use vdisk::Disk;
+
+    /// Serves nothing: the disk below has no chunks.
+    struct Nothing;
+
+    impl ChunkSource for Nothing {
+        fn blob(&self, c: &ChunkRef) -> store::Result<Vec<u8>> {
+            Err(store::Error::corrupt(c.blob.to_string(), "not here"))
+        }
+    }
+
+    #[test]
+    fn reads_fail_once_the_request_is_stopped() {
+        let index = DiskIndex {
+            size: 1 << 20,
+            chunking: Chunking {
+                algorithm: ChunkAlgorithm::FastCdc2020,
+                min: 4096,
+                avg: 8192,
+                max: 16384,
+            },
+            chunks: Vec::new(),
+            map: Vec::new(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let disk = Guarded {
+            disk: ChunkDisk::with_source(
+                "d",
+                Arc::new(Nothing),
+                Arc::new(index),
+                Arc::new(ChunkCache::new(1, 1)),
+            ),
+            stop: Arc::clone(&stop),
+        };
+        let mut buf = [1u8; 512];
+        disk.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, [0u8; 512]);
+        stop.store(true, Ordering::Relaxed);
+        let err = disk.read_at(&mut buf, 4096).unwrap_err().to_string();
+        assert!(err.contains("stopped"), "{err}");
+    }
+}

@@ -120,7 +120,7 @@ pub(super) async fn download(hub: &Hub, target: Target, opened: Opened) -> Respo
     });
     let size = match head_rx.await {
         Ok(Ok(size)) => size,
-        Ok(Err(f)) => return f.page(),
+        Ok(Err(f)) => return f.page_at(&target),
         Err(_) => {
             return error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,

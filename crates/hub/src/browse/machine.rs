@@ -1,7 +1,7 @@
 //! Finding a machine version's description and a disk's index in storage,
 //! each checked against its digest.
 
-use super::Failure;
+use super::{Failure, QUEUE_WAIT};
 use crate::digest::Digest;
 use crate::storage::BlobStore;
 use crate::{Hub, MAX_MANIFEST_SIZE};
@@ -80,6 +80,20 @@ pub(super) async fn load_index(
     let index = match hub.browser.cached_index(&d) {
         Some(i) => i,
         None => {
+            // An index may take a few hundred MiB to read and parse: these
+            // take turns with the pages, so that their memory stays bounded.
+            let _turn =
+                tokio::time::timeout(QUEUE_WAIT, Arc::clone(&hub.browser.pages).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| {
+                        Failure::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Busy",
+                            "The hub is reading other disks; try again in a moment.",
+                        )
+                    })?;
             let what = format!("the index of disk {}", disk.name);
             let json = read_checked(hub.store.as_ref(), &d, MAX_INDEX_BYTES, &what).await?;
             // Parsing half a million chunks takes a while: off the workers.

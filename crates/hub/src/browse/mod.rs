@@ -331,7 +331,7 @@ async fn answer(
 
     let machine = match load_machine(hub, &digest).await {
         Ok(m) => m,
-        Err(e) => return Ok(e.page()),
+        Err(e) => return Ok(e.page_at(&target)),
     };
     let Some(n) = target.disk else {
         return Ok(disks_page(&target, &machine.1));
@@ -350,7 +350,7 @@ async fn answer(
     };
     let index = match load_index(hub, &machine.0, disk).await {
         Ok(i) => i,
-        Err(e) => return Ok(e.page()),
+        Err(e) => return Ok(e.page_at(&target)),
     };
     let name = format!("{}:{} disk {n} ({})", target.repo, target.tag, disk.name);
     let opened = Opened {
@@ -391,8 +391,18 @@ impl Failure {
         )
     }
 
-    fn page(&self) -> Response {
-        error_page(self.status, self.title, &self.reason)
+    /// The error page for `t`, with the breadcrumbs that lead back up.
+    fn page_at(&self, t: &Target) -> Response {
+        page(
+            self.status,
+            self.title,
+            &format!(
+                "{}<h1>{}</h1><p class=\"error\">{}</p>",
+                t.breadcrumbs(),
+                esc(self.title),
+                esc(&self.reason)
+            ),
+        )
     }
 
     /// A filesystem error, with the status that says whose fault it is.

@@ -60,8 +60,7 @@ pub(super) async fn page_job(hub: &Hub, target: Target, opened: Opened) -> Respo
     let stop = Arc::clone(&opened.stop);
     let job = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let r = render(&target, &opened);
-        r.unwrap_or_else(|f| f.page())
+        render(&target, &opened).unwrap_or_else(|f| f.page_at(&target))
     });
     match tokio::time::timeout(PAGE_DEADLINE, job).await {
         Ok(Ok(r)) => r,

@@ -15,7 +15,7 @@ const { chromium } = require('playwright-core');
 
 const hub = process.env.HUB_URL;
 const expected = process.env.EXPECT_TEXT;
-const STEP = 20000;
+const STEP = 30000;
 
 function check(ok, what) {
     if (!ok) {
