@@ -49,10 +49,24 @@ if [ ${#need[@]} -gt 0 ] || { ! lists_ok && [ "$(id -u)" = 0 ]; }; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    updated=1
 fi
 if [ ${#need[@]} -gt 0 ]; then
     # --no-upgrade keeps the installed qemu-utils (10.x from backports) untouched.
     apt-get install -y -qq --no-upgrade "${need[@]}" >/dev/null
+fi
+
+# Debian's Chromium, run headless by the browser test of the hub's pages
+# (crates/hub/tests/browser.rs); without its recommends, desktop services it
+# does not need.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps.sh: missing chromium; run as root or install it" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "${updated:-}" ] || apt-get update -qq
+    apt-get install -y -qq --no-upgrade --no-install-recommends chromium >/dev/null
 fi
 
 # qemu-system-x86_64 must come from the same backports suite as qemu-utils 10.x;
@@ -71,6 +85,17 @@ venv=${VMHUB_VENV:-$HOME/.cache/vmhub-ci/venv}
 if ! "$venv/bin/python" -c 'import oras.provider' >/dev/null 2>&1; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'oras==0.2.43'
+fi
+
+# npm's playwright-core, pinned, drives that Chromium; it goes into a private
+# prefix (no browser download: it uses Debian's), where the test finds it.
+node_prefix=${VMHUB_NODE:-$HOME/.cache/vmhub-ci/node}
+playwright_version=1.65.1
+if ! grep -qs "\"version\": \"$playwright_version\"" \
+    "$node_prefix/node_modules/playwright-core/package.json"; then
+    command -v npm >/dev/null 2>&1 || { echo "deps.sh: npm not found (install nodejs and npm)" >&2; exit 1; }
+    mkdir -p "$node_prefix"
+    npm install --prefix "$node_prefix" --no-audit --no-fund --silent "playwright-core@$playwright_version"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -188,6 +188,9 @@ async fn route(hub: &Arc<Hub>, req: Request) -> ApiResult<Response> {
     if path == "/search" {
         return crate::web::search(hub, &query).await;
     }
+    if let Some(r) = crate::browse::route(hub, &raw_path, &query).await {
+        return r;
+    }
     if let Some(repo) = path.strip_prefix("/m/") {
         return crate::web::machine(hub, repo, req.headers()).await;
     }

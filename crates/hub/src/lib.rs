@@ -10,6 +10,7 @@
 mod api;
 pub mod auth;
 mod blobs;
+mod browse;
 pub mod catalogue;
 pub mod db;
 pub mod digest;
@@ -105,6 +106,7 @@ pub struct Hub {
     key: auth::TokenKey,
     private: bool,
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadHash>>>>,
+    browser: browse::Browser,
 }
 
 impl Hub {
@@ -147,6 +149,7 @@ impl Hub {
             key,
             private: config.private,
             uploads: Mutex::new(HashMap::new()),
+            browser: browse::Browser::new(),
         })
     }
 

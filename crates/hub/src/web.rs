@@ -48,7 +48,7 @@ fn url_part(s: &str) -> String {
     out
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
@@ -63,7 +63,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
@@ -214,6 +214,7 @@ pub(crate) async fn machine(hub: &Hub, repo: &str, headers: &HeaderMap) -> ApiRe
         );
     }
     body.push_str("</table>");
+    body.push_str(&crate::browse::machine_link(repo, &latest.tag));
     Ok(page(StatusCode::OK, repo, &body))
 }
 

@@ -23,7 +23,7 @@ pub mod oci;
 pub mod reference;
 pub mod trust;
 
-pub use chunkdisk::ChunkDisk;
+pub use chunkdisk::{ChunkCache, ChunkDisk, ChunkSource};
 pub use digest::{ContentDigest, Digest};
 pub use error::{Error, Result};
 pub use library::Library;
