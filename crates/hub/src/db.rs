@@ -163,7 +163,14 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS machines_seq ON machines (seq)",
     "CREATE TABLE IF NOT EXISTS tokens (
         hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS settings (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
+
+/// The PostgreSQL advisory lock the schema is made under: `CREATE TABLE IF
+/// NOT EXISTS` is not safe against itself there (two hubs starting together
+/// may both try to create a table and one fails), so they take turns.
+const SCHEMA_LOCK: i64 = 0x766d_6875_6200;
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -223,6 +230,21 @@ fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
     })
 }
 
+/// `url` with its password, if any, replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 impl SqlMetadata {
     /// Opens (creating if needed) the SQLite database at `path`.
     pub async fn open_sqlite(path: &Path) -> Result<SqlMetadata> {
@@ -234,10 +256,12 @@ impl SqlMetadata {
         Ok(m)
     }
 
-    /// Connects to the database at `url` and creates the tables.
+    /// Connects to the database at `url` (`sqlite:` or `postgres:`) and
+    /// creates the tables.
     pub async fn connect(url: &str) -> Result<SqlMetadata> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(move |conn, _| {
@@ -256,10 +280,39 @@ impl SqlMetadata {
             })
             .connect(url)
             .await?;
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await?;
+        let mut tx = pool.begin().await?;
+        if postgres {
+            // Through a subquery, since the lock's own result (void) has no
+            // value the driver-neutral rows can hold.
+            sqlx::query("SELECT COUNT(*) AS n FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(SqlMetadata { pool })
+    }
+
+    /// The setting `name`: the value stored first wins, `candidate` when
+    /// there is none yet. Hubs sharing the database agree on it even when
+    /// they start together.
+    pub async fn shared_setting(&self, name: &str, candidate: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_get("value")
     }
 }
 
@@ -522,11 +575,13 @@ impl Metadata for SqlMetadata {
     async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {MACHINE_COLUMNS} FROM machines
-             WHERE name LIKE $1 ESCAPE '\\' OR description LIKE $1 ESCAPE '\\'
-                OR os LIKE $1 ESCAPE '\\' OR repo LIKE $1 ESCAPE '\\'
+             WHERE LOWER(name) LIKE $1 ESCAPE '\\' OR LOWER(description) LIKE $1 ESCAPE '\\'
+                OR LOWER(os) LIKE $1 ESCAPE '\\' OR LOWER(repo) LIKE $1 ESCAPE '\\'
              ORDER BY seq DESC LIMIT $2"
         ))
-        .bind(like_pattern(term))
+        // SQLite's LIKE ignores ASCII case and PostgreSQL's does not: both
+        // sides are lowered so that a search finds the same on either.
+        .bind(like_pattern(&term.to_lowercase()))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -16,6 +16,7 @@ pub mod digest;
 pub mod error;
 mod manifests;
 pub mod names;
+pub mod s3;
 pub mod storage;
 pub mod web;
 
@@ -35,8 +36,16 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 /// How a hub is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The data folder: blobs, uploads and the SQLite database.
+    /// The data folder: blobs, uploads and the SQLite database, unless
+    /// `database` and `storage` say otherwise.
     pub data: PathBuf,
+    /// The metadata database's URL (`postgres://USER:PASS@HOST:PORT/DB`);
+    /// SQLite in the data folder when absent. Hubs sharing a database also
+    /// share the key their bearer tokens are signed with.
+    pub database: Option<String>,
+    /// S3-compatible object storage for blobs and uploads; the data folder
+    /// when absent.
+    pub storage: Option<s3::S3Config>,
     /// The largest blob accepted, in bytes.
     pub max_blob_size: u64,
     /// Whether pulls need a token too (else they are anonymous).
@@ -48,6 +57,8 @@ impl Config {
     pub fn new(data: impl Into<PathBuf>) -> Config {
         Config {
             data: data.into(),
+            database: None,
+            storage: None,
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             private: false,
         }
@@ -73,6 +84,9 @@ pub enum Error {
         /// What went wrong.
         source: db::DbError,
     },
+    /// The object storage could not be set up.
+    #[error(transparent)]
+    Storage(#[from] s3::S3Error),
 }
 
 /// Why a token could not be made.
@@ -108,7 +122,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the hub of `config`: a local folder and SQLite in `config.data`.
+    /// Opens the hub of `config`: its database (SQLite in `config.data`
+    /// by default) and its blob storage (a folder in `config.data` by
+    /// default).
     pub async fn open(config: &Config) -> Result<Arc<Hub>, Error> {
         let io = |path: &PathBuf| {
             let path = path.clone();
@@ -117,18 +133,51 @@ impl Hub {
         tokio::fs::create_dir_all(&config.data)
             .await
             .map_err(io(&config.data))?;
-        let store = storage::LocalStore::open(&config.data)
-            .await
-            .map_err(io(&config.data))?;
-        let db_path = config.data.join("hub.db");
-        let meta = db::SqlMetadata::open_sqlite(&db_path)
-            .await
-            .map_err(|source| Error::Db {
-                path: db_path.clone(),
-                source,
-            })?;
-        let key = auth::TokenKey::load(&config.data).map_err(io(&config.data))?;
-        Ok(Hub::with(Arc::new(store), Arc::new(meta), key, config))
+        let store: Arc<dyn storage::BlobStore> = match &config.storage {
+            Some(s3) => Arc::new(s3::S3Store::open(s3, config.max_blob_size)?),
+            None => Arc::new(
+                storage::LocalStore::open(&config.data)
+                    .await
+                    .map_err(io(&config.data))?,
+            ),
+        };
+        let (meta, key) = match &config.database {
+            Some(url) => {
+                let db_err = |source| Error::Db {
+                    path: PathBuf::from(db::redact_url(url)),
+                    source,
+                };
+                let meta = db::SqlMetadata::connect(url).await.map_err(db_err)?;
+                // Every hub of the database signs with one key, so that a
+                // bearer token from one is good at all of them.
+                let mut candidate = [0u8; 32];
+                getrandom::fill(&mut candidate)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .map_err(io(&config.data))?;
+                let hex = meta
+                    .shared_setting("token-key", &to_hex(&candidate))
+                    .await
+                    .map_err(db_err)?;
+                let key = key_from_hex(&hex).ok_or_else(|| {
+                    db_err(db::DbError::Protocol(
+                        "the stored token key is not 64 hex digits".into(),
+                    ))
+                })?;
+                (meta, auth::TokenKey::from_bytes(key))
+            }
+            None => {
+                let db_path = config.data.join("hub.db");
+                let meta = db::SqlMetadata::open_sqlite(&db_path)
+                    .await
+                    .map_err(|source| Error::Db {
+                        path: db_path.clone(),
+                        source,
+                    })?;
+                let key = auth::TokenKey::load(&config.data).map_err(io(&config.data))?;
+                (meta, key)
+            }
+        };
+        Ok(Hub::with(store, Arc::new(meta), key, config))
     }
 
     /// A hub over the given storage and metadata, signing bearer tokens
@@ -200,6 +249,22 @@ impl Hub {
         let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(id);
     }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A 32-byte key from its 64 hex digits.
+fn key_from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// A fresh random id: 32 hex digits.
