@@ -1,0 +1,254 @@
+//! Two hubs sharing one PostgreSQL database and one S3 bucket (moto), each
+//! with its own data folder and its own memory, as two processes behind a
+//! load balancer would be: an upload goes on from one to the other, a
+//! bearer token of one is good at the other, and S3 storage keeps its
+//! contract (a blob appears only under the digest its bytes have; bytes an
+//! interrupted request left are dropped).
+
+mod common;
+mod peers;
+
+use common::*;
+use hub::storage::BlobStore;
+use peers::{Backend, Blobs, Db};
+use serde_json::json;
+
+/// Two hubs over one database and one bucket.
+fn two_hubs() -> Option<(Backend, tempfile::TempDir, Server, Server)> {
+    let backend = Backend::new(Db::Postgres, Blobs::S3)?;
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let a = Server::start_with(backend.config_at(&dirs.path().join("a")));
+    let b = Server::start_with(backend.config_at(&dirs.path().join("b")));
+    Some((backend, dirs, a, b))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_chunked_upload_moves_between_hubs() {
+    let Some((backend, _dirs, a, b)) = two_hubs() else {
+        return;
+    };
+    let (ca, cb) = (a.client(), b.client());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let d = digest(&data);
+
+    let start = ca.send("POST", "/v2/team/app/blobs/uploads/", &[], Some(b""));
+    assert_eq!(start.status, 202);
+    let loc = start.header("location").expect("location").to_string();
+    let id = start
+        .header("docker-upload-uuid")
+        .expect("uuid")
+        .to_string();
+    let p = ca.send(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "0-99999")],
+        Some(&data[..100_000]),
+    );
+    assert_eq!((p.status, p.header("range")), (202, Some("0-99999")));
+
+    // A request that stored its bytes but never recorded them (it broke
+    // off): they follow the recorded ones in the bucket.
+    let store = hub::s3::S3Store::open(
+        backend.config().storage.as_ref().expect("S3"),
+        hub::DEFAULT_MAX_BLOB_SIZE,
+    )
+    .expect("the bucket");
+    runtime().block_on(async {
+        let mut w = store.upload_writer(&id, 100_000).await.expect("a writer");
+        w.write(b"bytes of a request that broke off")
+            .await
+            .expect("write");
+        w.finish().await.expect("finish");
+    });
+
+    // B knows the upload and how much it holds, and takes the next chunk.
+    let st = cb.get(&loc);
+    assert_eq!((st.status, st.header("range")), (204, Some("0-99999")));
+    let p = cb.send(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "100000-199999")],
+        Some(&data[100_000..200_000]),
+    );
+    assert_eq!((p.status, p.header("range")), (202, Some("0-199999")));
+    // A chunk that does not start where the upload ends is refused at A too.
+    let bad = ca.send(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "100000-199999")],
+        Some(&data[100_000..200_000]),
+    );
+    assert_eq!(bad.status, 416);
+    // A, whose running digest is out of date, takes the next; B finishes.
+    let p = ca.send("PATCH", &loc, &[], Some(&data[200_000..250_000]));
+    assert_eq!((p.status, p.header("range")), (202, Some("0-249999")));
+    let f = cb.send(
+        "PUT",
+        &format!("{loc}?digest={d}"),
+        &[],
+        Some(&data[250_000..]),
+    );
+    assert_eq!(f.status, 201, "{}", String::from_utf8_lossy(&f.body));
+
+    for c in [&ca, &cb] {
+        assert_eq!(c.get(&format!("/v2/team/app/blobs/{d}")).body, data);
+        let r = c.send(
+            "GET",
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("Range", "bytes=99990-100009")],
+            None,
+        );
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body, &data[99_990..100_010]);
+        assert_eq!(c.get(&loc).code(), "BLOB_UPLOAD_UNKNOWN");
+    }
+    // Nothing of the upload is left in the bucket.
+    runtime().block_on(async {
+        let mut rest = store.upload_read(&id, 1 << 20).await.expect("read");
+        use futures_util::StreamExt;
+        assert!(rest.next().await.is_none(), "the upload's segments remain");
+    });
+}
+
+#[test]
+fn manifests_tags_and_tokens_are_shared() {
+    let Some((_backend, _dirs, a, b)) = two_hubs() else {
+        return;
+    };
+    let (ca, cb) = (a.client(), b.client());
+    let config = br#"{"shared":true}"#.to_vec();
+    let layer = vec![5u8; 70_000];
+    ca.push_blob("team/app", &config);
+    cb.push_blob("team/app", &layer);
+    let m = image_manifest(&config, &[&layer], json!({}));
+    let md = digest(&m);
+    assert_eq!(
+        ca.push_manifest("team/app", "v1", OCI_MANIFEST, &m).status,
+        201
+    );
+    let g = cb.get("/v2/team/app/manifests/v1");
+    assert_eq!((g.status, g.body.as_slice()), (200, m.as_slice()));
+    assert_eq!(g.header("docker-content-digest"), Some(md.as_str()));
+    assert_eq!(
+        cb.get("/v2/team/app/tags/list").json()["tags"],
+        json!(["v1"])
+    );
+
+    // A bearer token from A's token endpoint is good at B: they sign with
+    // the key kept in the shared database.
+    let t = ca.get("/v2/token?service=vmhub&scope=repository:team/app:push,pull");
+    assert_eq!(t.status, 200);
+    let token = t.json()["token"].as_str().expect("token").to_string();
+    let bearer = Client::bearer(&b.base, &token);
+    assert_eq!(
+        bearer
+            .push_manifest("team/app", "v2", OCI_MANIFEST, &m)
+            .status,
+        201
+    );
+    let forged = Client::bearer(&b.base, &format!("{token}x"));
+    assert_eq!(
+        forged
+            .push_manifest("team/app", "v3", OCI_MANIFEST, &m)
+            .status,
+        401
+    );
+
+    // Deleted through B: gone at A.
+    assert_eq!(
+        cb.send("DELETE", &format!("/v2/team/app/manifests/{md}"), &[], None)
+            .status,
+        202
+    );
+    assert_eq!(ca.get("/v2/team/app/manifests/v1").status, 404);
+}
+
+#[test]
+fn s3_commits_only_what_the_digest_names() {
+    let Some(backend) = Backend::new(Db::Sqlite, Blobs::S3) else {
+        return;
+    };
+    let config = backend.config();
+    let store =
+        hub::s3::S3Store::open(config.storage.as_ref().expect("S3"), 1 << 30).expect("the bucket");
+    runtime().block_on(async {
+        let right = hub::digest::Digest::of(b"the bytes");
+        let wrong = hub::digest::Digest::of(b"other bytes");
+        let id = "00112233445566778899aabbccddeeff";
+        store.upload_create(id).await.expect("create");
+        let mut w = store.upload_writer(id, 0).await.expect("writer");
+        w.write(b"the ").await.expect("write");
+        w.finish().await.expect("finish");
+        let mut w = store.upload_writer(id, 4).await.expect("writer");
+        w.write(b"bytes").await.expect("write");
+        w.finish().await.expect("finish");
+
+        // Whatever the caller believes, the bytes decide.
+        let e = store
+            .upload_commit(id, &wrong)
+            .await
+            .expect_err("a wrong digest");
+        assert!(e.to_string().contains(&wrong.to_string()), "{e}");
+        assert_eq!(store.size(&wrong).await.expect("size"), None);
+
+        use futures_util::StreamExt;
+        let mut held = Vec::new();
+        let mut s = store.upload_read(id, 6).await.expect("read");
+        while let Some(c) = s.next().await {
+            held.extend_from_slice(&c.expect("bytes"));
+        }
+        assert_eq!(held, b"the by", "upload_read stops at its length");
+
+        store.upload_commit(id, &right).await.expect("commit");
+        assert_eq!(store.size(&right).await.expect("size"), Some(9));
+        let mut got = Vec::new();
+        let mut s = store.read(&right, 4, 3).await.expect("read");
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.expect("bytes"));
+        }
+        assert_eq!(got, b"byt");
+        assert_eq!(
+            store.read_small(&right, 4).await.expect("small"),
+            b"the ",
+            "read_small stops at its cap"
+        );
+        assert!(store.upload_writer("../x", 0).await.is_err());
+    });
+}
+
+#[test]
+fn s3_multipart_blobs_round_trip() {
+    let Some(backend) = Backend::new(Db::Sqlite, Blobs::S3) else {
+        return;
+    };
+    let server = Server::start_with(backend.config());
+    let c = server.client();
+    // Past one 8 MiB part, in chunks that are not part-aligned: the
+    // segments and the blob go up as multipart uploads.
+    let data: Vec<u8> = (0..(19u32 << 20) + 12_345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let d = digest(&data);
+    let a = c.send("POST", "/v2/big/blobs/uploads/", &[], Some(b""));
+    let loc = a.header("location").expect("location").to_string();
+    let cut = 9 << 20;
+    assert_eq!(c.send("PATCH", &loc, &[], Some(&data[..cut])).status, 202);
+    let f = c.send("PUT", &format!("{loc}?digest={d}"), &[], Some(&data[cut..]));
+    assert_eq!(f.status, 201, "{}", String::from_utf8_lossy(&f.body));
+    let g = c.get(&format!("/v2/big/blobs/{d}"));
+    assert!(g.body == data, "the blob differs");
+    let r = c.send(
+        "GET",
+        &format!("/v2/big/blobs/{d}"),
+        &[("Range", "bytes=8388600-8388620")],
+        None,
+    );
+    assert_eq!(r.body, &data[8_388_600..=8_388_620]);
+}
