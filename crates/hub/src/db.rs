@@ -230,6 +230,18 @@ fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
     })
 }
 
+/// A 32-byte key from its 64 hex digits.
+fn key_from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// `url` with its password, if any, replaced by `***`, for messages.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -294,6 +306,18 @@ impl SqlMetadata {
         }
         tx.commit().await?;
         Ok(SqlMetadata { pool })
+    }
+
+    /// The key every hub of this database signs bearer tokens with: made
+    /// by the first hub that asks, shared by all.
+    pub async fn shared_token_key(&self) -> Result<[u8; 32]> {
+        let mut candidate = [0u8; 32];
+        getrandom::fill(&mut candidate)
+            .map_err(|e| DbError::Protocol(format!("cannot draw a random key: {e}")))?;
+        let hex: String = candidate.iter().map(|x| format!("{x:02x}")).collect();
+        let stored = self.shared_setting("token-key", &hex).await?;
+        key_from_hex(&stored)
+            .ok_or_else(|| DbError::Protocol("settings: token-key is not 64 hex digits".into()))
     }
 
     /// The setting `name`: the value stored first wins, `candidate` when
@@ -597,5 +621,83 @@ impl Metadata for SqlMetadata {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(machine_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact_url("postgres://ann:s3cr@t@db:5432/hub"),
+            "postgres://ann:***@db:5432/hub"
+        );
+        assert_eq!(redact_url("postgres://db/hub"), "postgres://db/hub");
+        assert_eq!(redact_url("postgres://ann@db/hub"), "postgres://ann@db/hub");
+    }
+
+    #[test]
+    fn keys_from_hex() {
+        let hex = "00ff".repeat(16);
+        let key = key_from_hex(&hex).expect("a key");
+        assert_eq!((key[0], key[1], key[31]), (0, 255, 255));
+        assert!(key_from_hex(&hex[1..]).is_none());
+        assert!(key_from_hex(&"zz".repeat(32)).is_none());
+        assert!(key_from_hex(&"é".repeat(32)).is_none());
+    }
+
+    #[tokio::test]
+    async fn hubs_of_one_database_agree_on_the_token_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        let a = SqlMetadata::open_sqlite(&path).await.expect("open");
+        let b = SqlMetadata::open_sqlite(&path).await.expect("open");
+        let ka = a.shared_token_key().await.expect("a key");
+        assert_eq!(b.shared_token_key().await.expect("a key"), ka);
+        assert_ne!(ka, [0u8; 32]);
+    }
+
+    #[tokio::test]
+    async fn search_ignores_ascii_case_and_escapes_wildcards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = SqlMetadata::open_sqlite(&dir.path().join("hub.db"))
+            .await
+            .expect("open");
+        let row = |repo: &str, name: &str| MachineRow {
+            repository: repo.into(),
+            tag: "1".into(),
+            digest: "sha256:00".into(),
+            name: name.into(),
+            version: "1".into(),
+            description: String::new(),
+            os: "Debian".into(),
+            architecture: "x86_64".into(),
+            firmware: "bios".into(),
+            cpus: 1,
+            memory: 1 << 30,
+            disks: Vec::new(),
+            created: String::new(),
+            signed_by: None,
+            compressed_size: 0,
+            pushed: String::new(),
+        };
+        m.put_machine(&row("acme/web", "Web_Server"))
+            .await
+            .expect("put");
+        m.put_machine(&row("acme/db", "WebXServer"))
+            .await
+            .expect("put");
+        let names = |v: Vec<MachineRow>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(m.search("web_", 10).await.expect("search")),
+            ["Web_Server"]
+        );
+        assert_eq!(
+            names(m.search("DEBIAN", 10).await.expect("search")).len(),
+            2
+        );
+        assert!(m.search("%", 10).await.expect("search").is_empty());
     }
 }

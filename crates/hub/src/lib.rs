@@ -150,19 +150,7 @@ impl Hub {
                 let meta = db::SqlMetadata::connect(url).await.map_err(db_err)?;
                 // Every hub of the database signs with one key, so that a
                 // bearer token from one is good at all of them.
-                let mut candidate = [0u8; 32];
-                getrandom::fill(&mut candidate)
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .map_err(io(&config.data))?;
-                let hex = meta
-                    .shared_setting("token-key", &to_hex(&candidate))
-                    .await
-                    .map_err(db_err)?;
-                let key = key_from_hex(&hex).ok_or_else(|| {
-                    db_err(db::DbError::Protocol(
-                        "the stored token key is not 64 hex digits".into(),
-                    ))
-                })?;
+                let key = meta.shared_token_key().await.map_err(db_err)?;
                 (meta, auth::TokenKey::from_bytes(key))
             }
             None => {
@@ -249,22 +237,6 @@ impl Hub {
         let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(id);
     }
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A 32-byte key from its 64 hex digits.
-fn key_from_hex(s: &str) -> Option<[u8; 32]> {
-    let mut key = [0u8; 32];
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
 }
 
 /// A fresh random id: 32 hex digits.

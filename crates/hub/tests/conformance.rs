@@ -11,8 +11,11 @@ use common::*;
 use peers::{Backend, Blobs, Db};
 use serde_json::json;
 
+/// A check of a running hub, through a client holding a push token.
+type Check = fn(&Client);
+
 /// Every check, by name.
-const CHECKS: &[(&str, fn(&Client))] = &[
+const CHECKS: &[(&str, Check)] = &[
     ("base_endpoint", checks::base_endpoint),
     ("monolithic_push_and_pull", checks::monolithic_push_and_pull),
     ("post_then_put", checks::post_then_put),
@@ -38,7 +41,7 @@ const CHECKS: &[(&str, fn(&Client))] = &[
 
 /// Runs `check` against a fresh hub over the given backends; false when
 /// a peer is missing (outside CI).
-fn on(db: Db, blobs: Blobs, name: &str, check: fn(&Client)) -> bool {
+fn on(db: Db, blobs: Blobs, name: &str, check: Check) -> bool {
     let Some(backend) = Backend::new(db, blobs) else {
         return false;
     };
