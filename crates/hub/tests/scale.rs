@@ -252,3 +252,84 @@ fn s3_multipart_blobs_round_trip() {
     );
     assert_eq!(r.body, &data[8_388_600..=8_388_620]);
 }
+
+#[test]
+fn concurrent_pushes_through_both_hubs() {
+    let Some((_backend, _dirs, a, b)) = two_hubs() else {
+        return;
+    };
+    let bases = std::sync::Arc::new([
+        (a.base.clone(), a.token.clone()),
+        (b.base.clone(), b.token.clone()),
+    ]);
+    let config = b"{}".to_vec();
+    // Every push uploads the same shared blobs, so both hubs commit the
+    // same digests at once, and points the same tag at its manifest.
+    let shared: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 120_000]).collect();
+    let mut pushes = Vec::new();
+    for i in 0..6usize {
+        let bases = bases.clone();
+        let (config, shared) = (config.clone(), shared.clone());
+        pushes.push(std::thread::spawn(move || {
+            // Each chunk goes to the other hub than the one before.
+            let hub = |k: usize| {
+                let (base, token) = &bases[(i + k) % 2];
+                Client::basic(base, "tester", token)
+            };
+            let own = format!("blob of push {i}").into_bytes();
+            let mut blobs = shared.clone();
+            blobs.push(own.clone());
+            blobs.push(config.clone());
+            for data in &blobs {
+                let d = digest(data);
+                let start = hub(0).send("POST", "/v2/busy/repo/blobs/uploads/", &[], Some(b""));
+                assert_eq!(start.status, 202);
+                let loc = start.header("location").expect("location").to_string();
+                let half = data.len() / 2;
+                assert_eq!(
+                    hub(1).send("PATCH", &loc, &[], Some(&data[..half])).status,
+                    202
+                );
+                let f = hub(2).send(
+                    "PUT",
+                    &format!("{loc}?digest={d}"),
+                    &[],
+                    Some(&data[half..]),
+                );
+                assert_eq!(f.status, 201, "{}", String::from_utf8_lossy(&f.body));
+            }
+            let mut layers: Vec<&[u8]> = shared.iter().map(Vec::as_slice).collect();
+            layers.push(&own);
+            let m = image_manifest(&config, &layers, json!({}));
+            for tag in [format!("v{i}"), "latest".to_string()] {
+                let a = hub(i).push_manifest("busy/repo", &tag, OCI_MANIFEST, &m);
+                assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+            }
+            digest(&m)
+        }));
+    }
+    let digests: Vec<String> = pushes
+        .into_iter()
+        .map(|h| h.join().expect("a push"))
+        .collect();
+    for (base, token) in bases.iter() {
+        let c = Client::basic(base, "tester", token);
+        let tags = c.get("/v2/busy/repo/tags/list").json()["tags"].clone();
+        assert_eq!(
+            tags,
+            json!(["latest", "v0", "v1", "v2", "v3", "v4", "v5"]),
+            "{base}"
+        );
+        let latest = c.get("/v2/busy/repo/manifests/latest");
+        assert!(digests.contains(&digest(&latest.body)));
+        for (i, md) in digests.iter().enumerate() {
+            let m = c.get(&format!("/v2/busy/repo/manifests/v{i}"));
+            assert_eq!(&digest(&m.body), md);
+            let v = m.json();
+            for l in v["layers"].as_array().expect("layers") {
+                let d = l["digest"].as_str().expect("digest");
+                assert_eq!(digest(&c.get(&format!("/v2/busy/repo/blobs/{d}")).body), d);
+            }
+        }
+    }
+}
