@@ -274,6 +274,12 @@ impl SqlMetadata {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if !sqlite {
+            // One plain connection first: the pool would retry a refused or
+            // refusing server until it times out, and hide why.
+            use sqlx::Connection;
+            sqlx::AnyConnection::connect(url).await?.close().await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(move |conn, _| {

@@ -206,6 +206,20 @@ fn s3_commits_only_what_the_digest_names() {
         }
         assert_eq!(held, b"the by", "upload_read stops at its length");
 
+        // A request that broke off after storing its bytes at offset 9;
+        // the finishing request (an empty body) writes its segment there
+        // too, which ends the upload where its recorded bytes end.
+        let mut w = store.upload_writer(id, 9).await.expect("writer");
+        w.write(b"junk").await.expect("write");
+        w.finish().await.expect("finish");
+        let e = store
+            .upload_commit(id, &right)
+            .await
+            .expect_err("junk after the bytes");
+        assert!(e.to_string().contains("not stored"), "{e}");
+        assert_eq!(store.size(&right).await.expect("size"), None);
+        let w = store.upload_writer(id, 9).await.expect("writer");
+        w.finish().await.expect("finish");
         store.upload_commit(id, &right).await.expect("commit");
         assert_eq!(store.size(&right).await.expect("size"), Some(9));
         let mut got = Vec::new();
