@@ -205,13 +205,15 @@ fn machine_row(r: &AnyRow) -> Result<MachineRow> {
     })
 }
 
-/// `term` as a LIKE pattern matching it anywhere, `\` escaping wildcards.
+/// `term` as a LIKE pattern matching it anywhere, `!` escaping wildcards
+/// (not `\`, which a PostgreSQL without `standard_conforming_strings`
+/// would read as an escape inside the SQL string itself).
 fn like_pattern(term: &str) -> String {
     let mut p = String::with_capacity(term.len() + 2);
     p.push('%');
     for c in term.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
         }
         p.push(c);
     }
@@ -605,8 +607,8 @@ impl Metadata for SqlMetadata {
     async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {MACHINE_COLUMNS} FROM machines
-             WHERE LOWER(name) LIKE $1 ESCAPE '\\' OR LOWER(description) LIKE $1 ESCAPE '\\'
-                OR LOWER(os) LIKE $1 ESCAPE '\\' OR LOWER(repo) LIKE $1 ESCAPE '\\'
+             WHERE LOWER(name) LIKE $1 ESCAPE '!' OR LOWER(description) LIKE $1 ESCAPE '!'
+                OR LOWER(os) LIKE $1 ESCAPE '!' OR LOWER(repo) LIKE $1 ESCAPE '!'
              ORDER BY seq DESC LIMIT $2"
         ))
         // SQLite's LIKE ignores ASCII case and PostgreSQL's does not: both
@@ -705,5 +707,10 @@ mod tests {
             2
         );
         assert!(m.search("%", 10).await.expect("search").is_empty());
+        assert!(m.search("!", 10).await.expect("search").is_empty());
+        m.put_machine(&row("acme/bang", "Hello!"))
+            .await
+            .expect("put");
+        assert_eq!(names(m.search("o!", 10).await.expect("search")), ["Hello!"]);
     }
 }

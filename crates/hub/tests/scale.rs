@@ -347,3 +347,59 @@ fn concurrent_pushes_through_both_hubs() {
         }
     }
 }
+
+#[test]
+fn search_reads_the_same_on_postgres() {
+    let Some(backend) = Backend::new(Db::Postgres, Blobs::Local) else {
+        return;
+    };
+    use hub::db::{MachineRow, Metadata, SqlMetadata};
+    let url = backend.database.clone().expect("a database");
+    runtime().block_on(async {
+        let m = SqlMetadata::connect(&url).await.expect("connect");
+        let row = |repo: &str, name: &str| MachineRow {
+            repository: repo.into(),
+            tag: "1".into(),
+            digest: "sha256:00".into(),
+            name: name.into(),
+            version: "1".into(),
+            description: "a 100% test".into(),
+            os: "Debian".into(),
+            architecture: "x86_64".into(),
+            firmware: "bios".into(),
+            cpus: 1,
+            memory: 1 << 30,
+            disks: Vec::new(),
+            created: String::new(),
+            signed_by: None,
+            compressed_size: 0,
+            pushed: String::new(),
+        };
+        for (repo, name) in [
+            ("acme/web", "Web_Server"),
+            ("acme/db", "WebXServer"),
+            ("acme/bang", "Hello!"),
+        ] {
+            m.put_machine(&row(repo, name)).await.expect("put");
+        }
+        let names = |v: Vec<MachineRow>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        // Wildcards are plain characters; case does not matter; newest first.
+        assert_eq!(
+            names(m.search("web_", 10).await.expect("search")),
+            ["Web_Server"]
+        );
+        assert_eq!(names(m.search("o!", 10).await.expect("search")), ["Hello!"]);
+        assert_eq!(
+            names(m.search("DEBIAN", 10).await.expect("search")),
+            ["Hello!", "WebXServer", "Web_Server"]
+        );
+        assert_eq!(m.search("100%", 10).await.expect("search").len(), 3);
+        assert!(m.search("1_0", 10).await.expect("search").is_empty());
+        // A second connection (another hub) agrees on the token key.
+        let other = SqlMetadata::connect(&url).await.expect("connect");
+        assert_eq!(
+            m.shared_token_key().await.expect("key"),
+            other.shared_token_key().await.expect("key")
+        );
+    });
+}
