@@ -37,18 +37,6 @@ fn free_port() -> u16 {
     l.local_addr().expect("an address").port()
 }
 
-/// Waits (at most `limit`) until something listens on `port`.
-fn wait_for_port(port: u16, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// A name no other test of this run uses.
 fn unique(sep: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -135,7 +123,7 @@ impl Postgres {
         } else {
             None
         };
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             bin,
             user,
@@ -157,27 +145,41 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
-            "-F -p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            pg.port,
-            p(pg.dir.path())
-        );
         let log = pg.dir.path().join("log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                p(&data),
-                "-l",
-                p(&log),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                &options,
-                "start",
-            ],
-        );
+        // The free port may be taken again before the server binds it (by
+        // another test's peer, say): then it tries another.
+        for attempt in 0..3 {
+            let options = format!(
+                "-F -p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                pg.port,
+                p(pg.dir.path())
+            );
+            let started = pg.output(
+                "pg_ctl",
+                &[
+                    "-D",
+                    p(&data),
+                    "-l",
+                    p(&log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    &options,
+                    "start",
+                ],
+            );
+            if started.status.success() {
+                break;
+            }
+            assert!(
+                attempt < 2,
+                "pg_ctl start: {}\n{}",
+                describe(&started),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            pg.port = free_port();
+        }
         Some(pg)
     }
 
@@ -193,13 +195,16 @@ impl Postgres {
         }
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self
-            .command(program)
+    fn output(&self, program: &str, args: &[&str]) -> std::process::Output {
+        self.command(program)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.output(program, args);
         assert!(out.status.success(), "{program}: {}", describe(&out));
     }
 
@@ -265,20 +270,30 @@ impl Moto {
         if !program.exists() {
             return missing(&format!("no {}", program.display()));
         }
-        let port = free_port();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-        let moto = Moto { child, port };
-        assert!(
-            wait_for_port(port, Duration::from_secs(60)),
-            "moto_server did not listen on port {port}"
-        );
-        Some(moto)
+        // As for PostgreSQL: another port when the free one was taken.
+        for attempt in 0..3 {
+            let port = free_port();
+            let child = Command::new(&program)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+            let mut moto = Moto { child, port };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(moto);
+                }
+                if moto.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(attempt < 2, "moto_server did not listen on port {port}");
+        }
+        unreachable!("the last attempt either returns or fails")
     }
 
     /// The S3 endpoint.
