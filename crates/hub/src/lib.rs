@@ -134,7 +134,11 @@ impl Hub {
             .await
             .map_err(io(&config.data))?;
         let store: Arc<dyn storage::BlobStore> = match &config.storage {
-            Some(s3) => Arc::new(s3::S3Store::open(s3, config.max_blob_size)?),
+            Some(s3) => {
+                let store = s3::S3Store::open(s3, config.max_blob_size)?;
+                store.check().await?;
+                Arc::new(store)
+            }
             None => Arc::new(
                 storage::LocalStore::open(&config.data)
                     .await

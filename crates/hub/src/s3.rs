@@ -58,6 +58,14 @@ pub enum S3Error {
         /// What is wrong with it.
         what: String,
     },
+    /// The bucket could not be read.
+    #[error("s3://{bucket}: cannot list the bucket: {source}")]
+    Unreachable {
+        /// The bucket.
+        bucket: String,
+        /// What went wrong.
+        source: object_store::Error,
+    },
     /// The S3 client could not be built.
     #[error("s3://{bucket}: cannot set up the S3 client: {source}")]
     Client {
@@ -150,6 +158,7 @@ impl S3Config {
 /// Blobs in an S3 bucket.
 pub struct S3Store {
     s3: Arc<dyn ObjectStore>,
+    bucket: String,
     prefix: String,
     part_size: usize,
 }
@@ -206,9 +215,25 @@ impl S3Store {
             .min(1 << 30);
         Ok(S3Store {
             s3: Arc::new(s3),
+            bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
             part_size: usize::try_from(part_size).unwrap_or(MIN_PART_SIZE as usize),
         })
+    }
+
+    /// Lists the top of the prefix once, so that a missing bucket, a
+    /// wrong endpoint or refused credentials show when the hub starts
+    /// rather than at the first push.
+    pub async fn check(&self) -> Result<(), S3Error> {
+        let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        self.s3
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|source| S3Error::Unreachable {
+                bucket: self.bucket.clone(),
+                source,
+            })?;
+        Ok(())
     }
 
     fn key(&self, rest: &str) -> Path {

@@ -403,3 +403,23 @@ fn search_reads_the_same_on_postgres() {
         );
     });
 }
+
+#[test]
+fn a_missing_bucket_stops_the_hub_at_start() {
+    let Some(backend) = Backend::new(Db::Sqlite, Blobs::S3) else {
+        return;
+    };
+    let mut config = backend.config();
+    if let Some(s3) = config.storage.as_mut() {
+        s3.bucket = "no-such-bucket".into();
+    }
+    let e = runtime()
+        .block_on(hub::Hub::open(&config))
+        .err()
+        .expect("no hub over a missing bucket");
+    let e = e.to_string();
+    assert!(
+        e.contains("s3://no-such-bucket: cannot list the bucket"),
+        "{e}"
+    );
+}
