@@ -86,8 +86,9 @@ pub struct S3Config {
     /// The S3 endpoint, for S3-compatible services (addressed path-style);
     /// AWS itself when absent.
     pub endpoint: Option<String>,
-    /// The region.
-    pub region: String,
+    /// The region; else `AWS_REGION` (or `AWS_DEFAULT_REGION`) from the
+    /// environment, else `us-east-1`.
+    pub region: Option<String>,
     /// An access key id and secret; when absent they come from the standard
     /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` environment variables.
     pub credentials: Option<(String, String)>,
@@ -134,7 +135,7 @@ impl S3Config {
             bucket,
             prefix,
             endpoint: None,
-            region: "us-east-1".into(),
+            region: None,
             credentials: None,
         };
         for (k, v) in url.query_pairs() {
@@ -147,7 +148,7 @@ impl S3Config {
                     }
                     config.endpoint = Some(v.trim_end_matches('/').to_string());
                 }
-                "region" => config.region = v.into_owned(),
+                "region" => config.region = Some(v.into_owned()),
                 other => return Err(bad(&format!("unknown setting {other:?}"))),
             }
         }
@@ -192,9 +193,12 @@ impl S3Store {
         // the ring provider the workspace already uses serves the process.
         // An error here only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region);
+        // The standard AWS environment variables first (credentials,
+        // region), then what the URL says.
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&config.bucket);
+        if let Some(region) = &config.region {
+            b = b.with_region(region);
+        }
         if let Some(e) = &config.endpoint {
             // An explicit endpoint is an S3-compatible service: path-style
             // addressing, and plain http when that is what was asked for.
@@ -524,12 +528,9 @@ mod tests {
         assert_eq!(c.bucket, "bucket");
         assert_eq!(c.prefix, "some/prefix");
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(c.region, "eu");
+        assert_eq!(c.region.as_deref(), Some("eu"));
         let c = S3Config::parse("s3://b").expect("a URL");
-        assert_eq!(
-            (c.prefix.as_str(), c.endpoint, c.region.as_str()),
-            ("", None, "us-east-1")
-        );
+        assert_eq!((c.prefix.as_str(), c.endpoint, c.region), ("", None, None));
         for bad in [
             "http://b/x",
             "s3:///x",
