@@ -35,6 +35,8 @@ have sgdisk || need+=(gdisk)
 have docker-registry || need+=(docker-registry)
 have skopeo || need+=(skopeo)
 have htpasswd || need+=(apache2-utils)
+# PostgreSQL, which the hub's tests start a private cluster of (`serve --database`).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # UEFI firmware for `vmhub run --firmware uefi`.
 [ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 
@@ -85,6 +87,11 @@ venv=${VMHUB_VENV:-$HOME/.cache/vmhub-ci/venv}
 if ! "$venv/bin/python" -c 'import oras.provider' >/dev/null 2>&1; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'oras==0.2.43'
+fi
+# moto's S3 server, which the hub's tests store blobs in (`serve --storage`).
+if [ ! -x "$venv/bin/moto_server" ]; then
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'moto[server]==5.2.5'
 fi
 
 # npm's playwright-core, pinned, drives that Chromium; it goes into a private

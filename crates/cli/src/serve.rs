@@ -18,6 +18,16 @@ pub struct ServeArgs {
     /// `vmhub-hub` folder beside the library folder].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Keep the metadata in this database instead of SQLite in the data
+    /// folder: postgres://USER:PASS@HOST:PORT/DB. Hub processes sharing it
+    /// (and the storage) serve the same registry.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Keep blobs and uploads in S3-compatible object storage instead of the
+    /// data folder: s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION].
+    /// Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "URL", value_parser = parse_storage)]
+    storage: Option<hub::s3::S3Config>,
     /// The largest blob accepted (K, M, G, T suffixes).
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_blob_size: u64,
@@ -34,6 +44,10 @@ pub struct ServeArgs {
     /// pull:NAMESPACE; `*` is every repository. May be repeated.
     #[arg(long, value_name = "SCOPE", requires = "create_token")]
     scope: Vec<hub::auth::Scope>,
+}
+
+fn parse_storage(s: &str) -> Result<hub::s3::S3Config, String> {
+    hub::s3::S3Config::parse(s).map_err(|e| e.to_string())
 }
 
 /// The hub's data folder when none is given: beside the library folder.
@@ -57,6 +71,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     };
     let config = hub::Config {
         data: data.clone(),
+        database: a.database,
+        storage: a.storage,
         max_blob_size: a.max_blob_size,
         private: a.private,
     };
@@ -67,7 +83,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     rt.block_on(async move {
         let hub = hub::Hub::open(&config)
             .await
-            .with_context(|| format!("cannot open the hub's data folder {}", data.display()))?;
+            .context("cannot open the hub")?;
         if let Some(user) = &a.create_token {
             let secret = hub.create_token(user, &a.scope).await?;
             let scopes: Vec<String> = a.scope.iter().map(|s| s.to_string()).collect();
@@ -85,10 +101,18 @@ fn serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr().context("no local address")?;
         let mut out = std::io::stdout();
+        let database = match &config.database {
+            Some(url) => hub::db::redact_url(url),
+            None => data.join("hub.db").display().to_string(),
+        };
+        let blobs = match &config.storage {
+            Some(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
+            Some(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            None => data.display().to_string(),
+        };
         writeln!(
             out,
-            "vmhub: serving the hub on http://{addr} (data in {})",
-            data.display()
+            "vmhub: serving the hub on http://{addr} (database {database}, blobs in {blobs})"
         )?;
         out.flush()?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

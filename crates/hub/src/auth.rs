@@ -208,6 +208,11 @@ impl TokenKey {
         Ok(TokenKey(key))
     }
 
+    /// A key from its 32 bytes (hubs sharing a database keep it there).
+    pub fn from_bytes(key: [u8; 32]) -> TokenKey {
+        TokenKey(key)
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length; this cannot fail.
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0)

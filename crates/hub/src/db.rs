@@ -163,7 +163,14 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS machines_seq ON machines (seq)",
     "CREATE TABLE IF NOT EXISTS tokens (
         hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS settings (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
+
+/// The PostgreSQL advisory lock the schema is made under: `CREATE TABLE IF
+/// NOT EXISTS` is not safe against itself there (two hubs starting together
+/// may both try to create a table and one fails), so they take turns.
+const SCHEMA_LOCK: i64 = 0x766d_6875_6200;
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -198,13 +205,15 @@ fn machine_row(r: &AnyRow) -> Result<MachineRow> {
     })
 }
 
-/// `term` as a LIKE pattern matching it anywhere, `\` escaping wildcards.
+/// `term` as a LIKE pattern matching it anywhere, `!` escaping wildcards
+/// (not `\`, which a PostgreSQL without `standard_conforming_strings`
+/// would read as an escape inside the SQL string itself).
 fn like_pattern(term: &str) -> String {
     let mut p = String::with_capacity(term.len() + 2);
     p.push('%');
     for c in term.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
         }
         p.push(c);
     }
@@ -223,6 +232,33 @@ fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
     })
 }
 
+/// A 32-byte key from its 64 hex digits.
+fn key_from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 impl SqlMetadata {
     /// Opens (creating if needed) the SQLite database at `path`.
     pub async fn open_sqlite(path: &Path) -> Result<SqlMetadata> {
@@ -234,10 +270,18 @@ impl SqlMetadata {
         Ok(m)
     }
 
-    /// Connects to the database at `url` and creates the tables.
+    /// Connects to the database at `url` (`sqlite:` or `postgres:`) and
+    /// creates the tables.
     pub async fn connect(url: &str) -> Result<SqlMetadata> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if !sqlite {
+            // One plain connection first: the pool would retry a refused or
+            // refusing server until it times out, and hide why.
+            use sqlx::Connection;
+            sqlx::AnyConnection::connect(url).await?.close().await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(move |conn, _| {
@@ -256,10 +300,51 @@ impl SqlMetadata {
             })
             .connect(url)
             .await?;
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await?;
+        let mut tx = pool.begin().await?;
+        if postgres {
+            // Through a subquery, since the lock's own result (void) has no
+            // value the driver-neutral rows can hold.
+            sqlx::query("SELECT COUNT(*) AS n FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(SqlMetadata { pool })
+    }
+
+    /// The key every hub of this database signs bearer tokens with: made
+    /// by the first hub that asks, shared by all.
+    pub async fn shared_token_key(&self) -> Result<[u8; 32]> {
+        let mut candidate = [0u8; 32];
+        getrandom::fill(&mut candidate)
+            .map_err(|e| DbError::Protocol(format!("cannot draw a random key: {e}")))?;
+        let hex: String = candidate.iter().map(|x| format!("{x:02x}")).collect();
+        let stored = self.shared_setting("token-key", &hex).await?;
+        key_from_hex(&stored)
+            .ok_or_else(|| DbError::Protocol("settings: token-key is not 64 hex digits".into()))
+    }
+
+    /// The setting `name`: the value stored first wins, `candidate` when
+    /// there is none yet. Hubs sharing the database agree on it even when
+    /// they start together.
+    pub async fn shared_setting(&self, name: &str, candidate: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_get("value")
     }
 }
 
@@ -522,11 +607,13 @@ impl Metadata for SqlMetadata {
     async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {MACHINE_COLUMNS} FROM machines
-             WHERE name LIKE $1 ESCAPE '\\' OR description LIKE $1 ESCAPE '\\'
-                OR os LIKE $1 ESCAPE '\\' OR repo LIKE $1 ESCAPE '\\'
+             WHERE LOWER(name) LIKE $1 ESCAPE '!' OR LOWER(description) LIKE $1 ESCAPE '!'
+                OR LOWER(os) LIKE $1 ESCAPE '!' OR LOWER(repo) LIKE $1 ESCAPE '!'
              ORDER BY seq DESC LIMIT $2"
         ))
-        .bind(like_pattern(term))
+        // SQLite's LIKE ignores ASCII case and PostgreSQL's does not: both
+        // sides are lowered so that a search finds the same on either.
+        .bind(like_pattern(&term.to_lowercase()))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -542,5 +629,88 @@ impl Metadata for SqlMetadata {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(machine_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact_url("postgres://ann:s3cr@t@db:5432/hub"),
+            "postgres://ann:***@db:5432/hub"
+        );
+        assert_eq!(redact_url("postgres://db/hub"), "postgres://db/hub");
+        assert_eq!(redact_url("postgres://ann@db/hub"), "postgres://ann@db/hub");
+    }
+
+    #[test]
+    fn keys_from_hex() {
+        let hex = "00ff".repeat(16);
+        let key = key_from_hex(&hex).expect("a key");
+        assert_eq!((key[0], key[1], key[31]), (0, 255, 255));
+        assert!(key_from_hex(&hex[1..]).is_none());
+        assert!(key_from_hex(&"zz".repeat(32)).is_none());
+        assert!(key_from_hex(&"é".repeat(32)).is_none());
+    }
+
+    #[tokio::test]
+    async fn hubs_of_one_database_agree_on_the_token_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        let a = SqlMetadata::open_sqlite(&path).await.expect("open");
+        let b = SqlMetadata::open_sqlite(&path).await.expect("open");
+        let ka = a.shared_token_key().await.expect("a key");
+        assert_eq!(b.shared_token_key().await.expect("a key"), ka);
+        assert_ne!(ka, [0u8; 32]);
+    }
+
+    #[tokio::test]
+    async fn search_ignores_ascii_case_and_escapes_wildcards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = SqlMetadata::open_sqlite(&dir.path().join("hub.db"))
+            .await
+            .expect("open");
+        let row = |repo: &str, name: &str| MachineRow {
+            repository: repo.into(),
+            tag: "1".into(),
+            digest: "sha256:00".into(),
+            name: name.into(),
+            version: "1".into(),
+            description: String::new(),
+            os: "Debian".into(),
+            architecture: "x86_64".into(),
+            firmware: "bios".into(),
+            cpus: 1,
+            memory: 1 << 30,
+            disks: Vec::new(),
+            created: String::new(),
+            signed_by: None,
+            compressed_size: 0,
+            pushed: String::new(),
+        };
+        m.put_machine(&row("acme/web", "Web_Server"))
+            .await
+            .expect("put");
+        m.put_machine(&row("acme/db", "WebXServer"))
+            .await
+            .expect("put");
+        let names = |v: Vec<MachineRow>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(m.search("web_", 10).await.expect("search")),
+            ["Web_Server"]
+        );
+        assert_eq!(
+            names(m.search("DEBIAN", 10).await.expect("search")).len(),
+            2
+        );
+        assert!(m.search("%", 10).await.expect("search").is_empty());
+        assert!(m.search("!", 10).await.expect("search").is_empty());
+        m.put_machine(&row("acme/bang", "Hello!"))
+            .await
+            .expect("put");
+        assert_eq!(names(m.search("o!", 10).await.expect("search")), ["Hello!"]);
     }
 }

@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 mod manifests;
 pub mod names;
+pub mod s3;
 pub mod storage;
 pub mod web;
 
@@ -36,8 +37,16 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 /// How a hub is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The data folder: blobs, uploads and the SQLite database.
+    /// The data folder: blobs, uploads and the SQLite database, unless
+    /// `database` and `storage` say otherwise.
     pub data: PathBuf,
+    /// The metadata database's URL (`postgres://USER:PASS@HOST:PORT/DB`);
+    /// SQLite in the data folder when absent. Hubs sharing a database also
+    /// share the key their bearer tokens are signed with.
+    pub database: Option<String>,
+    /// S3-compatible object storage for blobs and uploads; the data folder
+    /// when absent.
+    pub storage: Option<s3::S3Config>,
     /// The largest blob accepted, in bytes.
     pub max_blob_size: u64,
     /// Whether pulls need a token too (else they are anonymous).
@@ -49,6 +58,8 @@ impl Config {
     pub fn new(data: impl Into<PathBuf>) -> Config {
         Config {
             data: data.into(),
+            database: None,
+            storage: None,
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             private: false,
         }
@@ -74,6 +85,9 @@ pub enum Error {
         /// What went wrong.
         source: db::DbError,
     },
+    /// The object storage could not be set up.
+    #[error(transparent)]
+    Storage(#[from] s3::S3Error),
 }
 
 /// Why a token could not be made.
@@ -110,7 +124,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the hub of `config`: a local folder and SQLite in `config.data`.
+    /// Opens the hub of `config`: its database (SQLite in `config.data`
+    /// by default) and its blob storage (a folder in `config.data` by
+    /// default).
     pub async fn open(config: &Config) -> Result<Arc<Hub>, Error> {
         let io = |path: &PathBuf| {
             let path = path.clone();
@@ -119,18 +135,43 @@ impl Hub {
         tokio::fs::create_dir_all(&config.data)
             .await
             .map_err(io(&config.data))?;
-        let store = storage::LocalStore::open(&config.data)
-            .await
-            .map_err(io(&config.data))?;
-        let db_path = config.data.join("hub.db");
-        let meta = db::SqlMetadata::open_sqlite(&db_path)
-            .await
-            .map_err(|source| Error::Db {
-                path: db_path.clone(),
-                source,
-            })?;
-        let key = auth::TokenKey::load(&config.data).map_err(io(&config.data))?;
-        Ok(Hub::with(Arc::new(store), Arc::new(meta), key, config))
+        let store: Arc<dyn storage::BlobStore> = match &config.storage {
+            Some(s3) => {
+                let store = s3::S3Store::open(s3, config.max_blob_size)?;
+                store.check().await?;
+                Arc::new(store)
+            }
+            None => Arc::new(
+                storage::LocalStore::open(&config.data)
+                    .await
+                    .map_err(io(&config.data))?,
+            ),
+        };
+        let (meta, key) = match &config.database {
+            Some(url) => {
+                let db_err = |source| Error::Db {
+                    path: PathBuf::from(db::redact_url(url)),
+                    source,
+                };
+                let meta = db::SqlMetadata::connect(url).await.map_err(db_err)?;
+                // Every hub of the database signs with one key, so that a
+                // bearer token from one is good at all of them.
+                let key = meta.shared_token_key().await.map_err(db_err)?;
+                (meta, auth::TokenKey::from_bytes(key))
+            }
+            None => {
+                let db_path = config.data.join("hub.db");
+                let meta = db::SqlMetadata::open_sqlite(&db_path)
+                    .await
+                    .map_err(|source| Error::Db {
+                        path: db_path.clone(),
+                        source,
+                    })?;
+                let key = auth::TokenKey::load(&config.data).map_err(io(&config.data))?;
+                (meta, key)
+            }
+        };
+        Ok(Hub::with(store, Arc::new(meta), key, config))
     }
 
     /// A hub over the given storage and metadata, signing bearer tokens

@@ -3,6 +3,7 @@
 //! `blobs/sha256/xx/<hex>` for finished blobs (content addressed, shared by
 //! every repository) and `uploads/<id>` for uploads in progress, so that a
 //! blob is visible only once renamed into place after its digest checked.
+//! [`crate::s3::S3Store`] keeps them in S3-compatible object storage instead.
 
 use crate::digest::Digest;
 use async_trait::async_trait;
