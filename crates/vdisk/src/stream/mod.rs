@@ -1,0 +1,413 @@
+//! Stream layouts: a whole image file, in any format whose layout can be
+//! decided before the first byte is written, described as an ordered list of
+//! segments.
+//!
+//! Given a disk's virtual size and which ranges of it hold data (an
+//! [`AllocMap`]), each format module computes the image file as literal
+//! metadata bytes (headers, tables, footers), runs of the disk's own bytes
+//! and runs of zeros, with the file's exact length. Any byte range of the
+//! file can then be produced from the segments alone ([`Layout::pieces`]),
+//! so that a server can send a converted image while reading the disk, answer
+//! range requests and resume downloads, without building the file anywhere.
+//!
+//! The layouts are pure: no I/O, and identical for identical inputs (ids and
+//! timestamps come from an [`Identity`] the caller chooses), so that two
+//! requests for the same image get the same bytes.
+
+pub mod qcow2;
+pub mod raw;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+
+use crate::{Disk, Error, Result};
+use std::sync::Arc;
+
+/// The formats a layout can be computed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// The disk's bytes, nothing else.
+    Raw,
+    /// Dynamic VHD, 2 MiB blocks.
+    Vhd,
+    /// Dynamic VHDX, 32 MiB blocks.
+    Vhdx,
+    /// qcow2 version 3, 64 KiB clusters.
+    Qcow2,
+    /// Dynamic VDI, 1 MiB blocks.
+    Vdi,
+}
+
+impl StreamFormat {
+    /// Every format, in the order pages list them.
+    pub const ALL: [StreamFormat; 5] = [
+        StreamFormat::Raw,
+        StreamFormat::Vhd,
+        StreamFormat::Vhdx,
+        StreamFormat::Qcow2,
+        StreamFormat::Vdi,
+    ];
+
+    /// The format's file name extension (and name).
+    pub fn extension(self) -> &'static str {
+        match self {
+            StreamFormat::Raw => "raw",
+            StreamFormat::Vhd => "vhd",
+            StreamFormat::Vhdx => "vhdx",
+            StreamFormat::Qcow2 => "qcow2",
+            StreamFormat::Vdi => "vdi",
+        }
+    }
+
+    /// The format whose extension is `ext`.
+    pub fn from_extension(ext: &str) -> Option<StreamFormat> {
+        StreamFormat::ALL.into_iter().find(|f| f.extension() == ext)
+    }
+}
+
+/// Which ranges of a disk hold data: sorted, non-overlapping `(offset,
+/// length)` pairs inside the disk. Everything else reads as zeros, and a
+/// block that no range touches is left unallocated in the image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllocMap {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl AllocMap {
+    /// The map of `ranges` on a disk of `size` bytes. Touching ranges are
+    /// merged; empty ones dropped. Ranges out of order, overlapping or past
+    /// the disk's end are refused.
+    pub fn new(size: u64, ranges: impl IntoIterator<Item = (u64, u64)>) -> Result<AllocMap> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut end = 0u64;
+        for (offset, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let e = offset
+                .checked_add(len)
+                .filter(|&e| e <= size)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "allocation map: range {offset}+{len} lies past the disk's {size} bytes"
+                    ))
+                })?;
+            if offset < end {
+                return Err(Error::InvalidArgument(format!(
+                    "allocation map: range at {offset} overlaps or precedes the one before (ending at {end})"
+                )));
+            }
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == offset => last.1 += len,
+                _ => out.push((offset, len)),
+            }
+            end = e;
+        }
+        Ok(AllocMap { ranges: out })
+    }
+
+    /// The data ranges.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// The blocks of `block_size` bytes that some data range touches, in
+    /// increasing order, each once.
+    pub fn blocks(&self, block_size: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for &(offset, len) in &self.ranges {
+            let first = offset / block_size;
+            let last = (offset + len - 1) / block_size;
+            let from = match out.last() {
+                Some(&b) if b >= first => b + 1,
+                _ => first,
+            };
+            out.extend(from..=last);
+        }
+        out
+    }
+}
+
+/// The ids and time an image carries. Chosen by the caller so that the same
+/// disk gives the same file every time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Seed of every id the image holds (unique id, GUIDs, UUIDs).
+    pub seed: [u8; 16],
+    /// Creation time, seconds since 1970-01-01 UTC.
+    pub timestamp: u64,
+}
+
+impl Identity {
+    /// Id number `n` of the image: the seed with `n` mixed in, made a
+    /// version 4 RFC 4122 id (as the formats' own writers make).
+    pub fn id(&self, n: u8) -> [u8; 16] {
+        let mut g = self.seed;
+        for (i, b) in g.iter_mut().enumerate() {
+            // A different byte pattern per id, so that no two ids are equal.
+            *b ^= n
+                .wrapping_mul(0x9d)
+                .wrapping_add(i as u8)
+                .rotate_left(u32::from(n) % 8);
+        }
+        g[7] = (g[7] & 0x0f) | 0x40;
+        g[8] = (g[8] & 0x3f) | 0x80;
+        g
+    }
+}
+
+/// One run of the image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// These bytes (metadata).
+    Bytes(Arc<Vec<u8>>),
+    /// `len` bytes of the disk from virtual offset `offset`.
+    Disk {
+        /// Offset in the disk.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// This many zero bytes.
+    Zeros(u64),
+}
+
+impl Segment {
+    /// The segment's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::Bytes(b) => b.len() as u64,
+            Segment::Disk { len, .. } => *len,
+            Segment::Zeros(n) => *n,
+        }
+    }
+
+    /// Whether the segment is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A piece of a byte range of the file, as [`Layout::pieces`] yields it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// `len` bytes of the disk from `offset`.
+    Disk {
+        /// Offset in the disk.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// This many zeros.
+    Zeros(u64),
+}
+
+/// A whole image file as segments, with their offsets in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// `(file offset, segment)`, contiguous from 0.
+    segments: Vec<(u64, Segment)>,
+    len: u64,
+}
+
+impl Layout {
+    /// An empty file.
+    pub fn new() -> Layout {
+        Layout::default()
+    }
+
+    /// Appends `s` at the end of the file.
+    pub fn push(&mut self, s: Segment) {
+        if s.is_empty() {
+            return;
+        }
+        let n = s.len();
+        match (self.segments.last_mut(), &s) {
+            (Some((_, Segment::Zeros(z))), Segment::Zeros(m)) => *z += m,
+            (Some((_, Segment::Disk { offset, len })), Segment::Disk { offset: o, len: l })
+                if *offset + *len == *o =>
+            {
+                *len += l
+            }
+            _ => self.segments.push((self.len, s)),
+        }
+        self.len += n;
+    }
+
+    /// Appends literal bytes.
+    pub fn bytes(&mut self, b: Vec<u8>) {
+        self.push(Segment::Bytes(Arc::new(b)));
+    }
+
+    /// Appends zeros up to file offset `to` (nothing if already there).
+    pub fn zeros_to(&mut self, to: u64) {
+        self.push(Segment::Zeros(to.saturating_sub(self.len)));
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segments with their file offsets.
+    pub fn segments(&self) -> &[(u64, Segment)] {
+        &self.segments
+    }
+
+    /// What makes up the file's bytes `[start, end)`, in order; `end` is
+    /// clipped to the file's length.
+    pub fn pieces(&self, start: u64, end: u64) -> Vec<Piece<'_>> {
+        let end = end.min(self.len);
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        let first = self
+            .segments
+            .partition_point(|(at, s)| at + s.len() <= start);
+        for (at, s) in self.segments.iter().skip(first) {
+            if *at >= end {
+                break;
+            }
+            let from = start.max(*at) - at;
+            let to = end.min(at + s.len()) - at;
+            out.push(match s {
+                Segment::Bytes(b) => {
+                    Piece::Bytes(b.get(from as usize..to as usize).unwrap_or_default())
+                }
+                Segment::Disk { offset, .. } => Piece::Disk {
+                    offset: offset + from,
+                    len: to - from,
+                },
+                Segment::Zeros(_) => Piece::Zeros(to - from),
+            });
+        }
+        out
+    }
+
+    /// Writes the file's bytes `[start, end)` to `out`, reading disk bytes
+    /// from `disk` a bounded buffer at a time.
+    pub fn write_range<D: Disk + ?Sized, W: std::io::Write>(
+        &self,
+        disk: &D,
+        start: u64,
+        end: u64,
+        out: &mut W,
+    ) -> Result<()> {
+        const BUF: u64 = 1 << 20;
+        let io = |e| Error::io(disk.path(), "write the image", e);
+        let mut buf = Vec::new();
+        for p in self.pieces(start, end) {
+            match p {
+                Piece::Bytes(b) => out.write_all(b).map_err(io)?,
+                Piece::Zeros(mut n) => {
+                    while n > 0 {
+                        let k = n.min(BUF);
+                        buf.clear();
+                        buf.resize(k as usize, 0);
+                        out.write_all(&buf).map_err(io)?;
+                        n -= k;
+                    }
+                }
+                Piece::Disk { mut offset, len } => {
+                    let end = offset + len;
+                    while offset < end {
+                        let k = (end - offset).min(BUF);
+                        buf.resize(k as usize, 0);
+                        disk.read_at(&mut buf, offset)?;
+                        out.write_all(&buf).map_err(io)?;
+                        offset += k;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layout of `format` for a disk of `size` bytes whose data is `map`,
+/// with each format's default block size.
+pub fn layout(format: StreamFormat, size: u64, map: &AllocMap, id: &Identity) -> Result<Layout> {
+    match format {
+        StreamFormat::Raw => Ok(raw::layout(size, map)),
+        StreamFormat::Vhd => vhd::layout(size, map, id, crate::vhd::header::DEFAULT_BLOCK_SIZE),
+        StreamFormat::Vhdx => vhdx::layout(size, map, id, crate::vhdx::create::DEFAULT_BLOCK_SIZE),
+        StreamFormat::Qcow2 => qcow2::layout(size, map, qcow2::DEFAULT_CLUSTER_BITS),
+        StreamFormat::Vdi => vdi::layout(size, map, id, crate::vdi::DEFAULT_BLOCK_SIZE),
+    }
+}
+
+/// Appends block `block` of `block_size` bytes of a disk of `size` bytes:
+/// its disk bytes, then zeros to the block's end past the disk's end.
+pub(crate) fn push_block(l: &mut Layout, size: u64, block_size: u64, block: u64) {
+    let start = block * block_size;
+    let len = size.saturating_sub(start).min(block_size);
+    l.push(Segment::Disk { offset: start, len });
+    l.push(Segment::Zeros(block_size - len));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_map_merges_and_refuses() {
+        let m = AllocMap::new(100, [(0, 10), (10, 5), (20, 0), (50, 50)]).unwrap();
+        assert_eq!(m.ranges(), &[(0, 15), (50, 50)]);
+        assert_eq!(m.blocks(16), vec![0, 3, 4, 5, 6]);
+        assert_eq!(m.blocks(1000), vec![0]);
+        assert!(AllocMap::new(100, [(90, 20)])
+            .unwrap_err()
+            .to_string()
+            .contains("past the disk"));
+        assert!(AllocMap::new(100, [(10, 10), (5, 1)])
+            .unwrap_err()
+            .to_string()
+            .contains("overlaps"));
+    }
+
+    #[test]
+    fn layout_pieces_cover_ranges() {
+        let mut l = Layout::new();
+        l.bytes(vec![1, 2, 3]);
+        l.push(Segment::Disk { offset: 10, len: 5 });
+        l.push(Segment::Disk { offset: 15, len: 5 });
+        l.zeros_to(20);
+        l.bytes(vec![9]);
+        assert_eq!(l.len(), 21);
+        assert_eq!(l.segments().len(), 4);
+        assert_eq!(
+            l.pieces(2, 21),
+            vec![
+                Piece::Bytes(&[3]),
+                Piece::Disk {
+                    offset: 10,
+                    len: 10
+                },
+                Piece::Zeros(7),
+                Piece::Bytes(&[9])
+            ]
+        );
+        assert_eq!(l.pieces(5, 6), vec![Piece::Disk { offset: 12, len: 1 }]);
+        assert_eq!(l.pieces(20, 100), vec![Piece::Bytes(&[9])]);
+        assert!(l.pieces(21, 30).is_empty());
+    }
+
+    #[test]
+    fn identities_differ_and_repeat() {
+        let id = Identity {
+            seed: [7; 16],
+            timestamp: 0,
+        };
+        assert_ne!(id.id(0), id.id(1));
+        assert_eq!(id.id(2), id.id(2));
+        assert_eq!(id.id(3)[7] >> 4, 4);
+    }
+}
