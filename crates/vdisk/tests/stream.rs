@@ -188,6 +188,33 @@ fn every_layout_is_a_valid_image_of_the_disk() {
 }
 
 #[test]
+fn a_vmdk_written_front_to_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x0bad_cafe_f00d_1234);
+    let size = (9 << 20) + 512;
+    let raw = dir.path().join("disk.raw");
+    let map = sparse_disk(&raw, size, &mut rng);
+    let disk = vdisk::open(&raw, OpenOptions::default()).unwrap();
+    let img = dir.path().join("out.vmdk");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&img).unwrap());
+    stream::vmdk::write_vmdk(&*disk, &map, "out.vmdk", 42, &mut f).unwrap();
+    drop(f);
+    qemu_check("vmdk", &img);
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "vmdk", "-F", "raw"])
+        .arg(&img)
+        .arg(&raw));
+    let report = vdisk::check(&img).unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+    let back = vdisk::open(&img, OpenOptions::default()).unwrap();
+    assert_eq!(back.virtual_size(), size);
+    // Grains without data are not stored.
+    let data: u64 = map.ranges().iter().map(|r| r.1).sum();
+    let stored = back.info().unwrap().allocated_bytes;
+    assert!(stored >= data && stored < size, "{stored} of {size} stored");
+}
+
+#[test]
 fn an_empty_disk_and_a_full_one() {
     let dir = tempfile::tempdir().unwrap();
     let id = Identity {

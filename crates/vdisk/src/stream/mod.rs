@@ -10,6 +10,10 @@
 //! so that a server can send a converted image while reading the disk, answer
 //! range requests and resume downloads, without building the file anywhere.
 //!
+//! VMDK is the exception: a stream-optimized VMDK's grains are compressed,
+//! so where each lies is known only once the ones before it are; [`vmdk`]
+//! writes one front to back instead.
+//!
 //! The layouts are pure: no I/O, and identical for identical inputs (ids and
 //! timestamps come from an [`Identity`] the caller chooses), so that two
 //! requests for the same image get the same bytes.
@@ -19,6 +23,7 @@ pub mod raw;
 pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
+pub mod vmdk;
 
 use crate::{Disk, Error, Result};
 use std::sync::Arc;
