@@ -34,6 +34,7 @@ use store::index::{DiskIndex, MAX_INDEX_BYTES};
 use store::machine::{Machine, MAX_CONFIG_BYTES};
 use store::manifest::Manifest;
 use tokio::sync::mpsc;
+use vdisk::stream::vmdk::{self, VmdkEncoder};
 use vdisk::stream::{AllocMap, Identity, Layout, Piece, StreamFormat};
 
 /// The most bytes sent in one piece of the body.
@@ -74,7 +75,7 @@ fn target(path: &str) -> Option<Target<'_>> {
 }
 
 /// The link to disk `n` of `repo:reference` as `format`.
-pub fn link(repo: &str, reference: &str, n: usize, format: StreamFormat) -> String {
+pub fn link(repo: &str, reference: &str, n: usize, format: Format) -> String {
     format!("/m/{repo}/{reference}/disks/{n}.{}", format.extension())
 }
 
@@ -144,15 +145,48 @@ fn hub_digest(d: &store::Digest) -> ApiResult<Digest> {
     parse_digest(&d.to_string())
 }
 
-/// What a download sends: the layout and where its disk bytes come from.
+/// The formats a disk downloads as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One whose layout is computed in advance: ranges work.
+    Laid(StreamFormat),
+    /// Stream-optimized VMDK, written front to back: no ranges.
+    Vmdk,
+}
+
+impl Format {
+    /// Every format, in the order pages list them.
+    pub fn all() -> Vec<Format> {
+        let mut v: Vec<Format> = StreamFormat::ALL.into_iter().map(Format::Laid).collect();
+        v.push(Format::Vmdk);
+        v
+    }
+
+    /// The file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Laid(f) => f.extension(),
+            Format::Vmdk => "vmdk",
+        }
+    }
+
+    fn from_extension(ext: &str) -> Option<Format> {
+        Format::all().into_iter().find(|f| f.extension() == ext)
+    }
+}
+
+/// What a download sends: the image's layout (none for VMDK) and where its
+/// disk bytes come from.
 struct Download {
-    layout: Layout,
+    layout: Option<Layout>,
+    map: AllocMap,
     index: DiskIndex,
+    id: Identity,
     etag: String,
     filename: String,
 }
 
-async fn prepare(hub: &Hub, t: &Target<'_>, format: StreamFormat) -> ApiResult<Download> {
+async fn prepare(hub: &Hub, t: &Target<'_>, format: Format) -> ApiResult<Download> {
     let unknown = || not_found(format!("{}:{} is not on this hub", t.repo, t.reference));
     let digest = if t.reference.contains(':') {
         parse_digest(t.reference)?.to_string()
@@ -229,25 +263,22 @@ async fn prepare(hub: &Hub, t: &Target<'_>, format: StreamFormat) -> ApiResult<D
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let layout = vdisk::stream::layout(
-        format,
-        index.size,
-        &map,
-        &Identity {
-            seed: id,
-            timestamp,
-        },
-    )
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Code::Unsupported,
-            format!(
-                "disk {n} cannot be made a {} image: {e}",
-                format.extension()
-            ),
-        )
-    })?;
+    let id = Identity {
+        seed: id,
+        timestamp,
+    };
+    let layout = match format {
+        Format::Laid(f) => Some(
+            vdisk::stream::layout(f, index.size, &map, &id).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Code::Unsupported,
+                    format!("disk {n} cannot be made a {} image: {e}", f.extension()),
+                )
+            })?,
+        ),
+        Format::Vmdk => None,
+    };
     let label = if t.reference.contains(':') {
         d.hex().get(..12).unwrap_or_default().to_string()
     } else {
@@ -270,7 +301,9 @@ async fn prepare(hub: &Hub, t: &Target<'_>, format: StreamFormat) -> ApiResult<D
         .collect();
     Ok(Download {
         layout,
+        map,
         index,
+        id,
         // The bytes depend on the manifest, the disk, the format and the
         // layout code of this version of vmhub.
         etag: format!(
@@ -345,11 +378,11 @@ async fn answer(
     }
     check_name(t.repo)?;
     authorize(hub, t.repo, headers).await?;
-    let format = StreamFormat::from_extension(t.ext).ok_or_else(|| {
+    let format = Format::from_extension(t.ext).ok_or_else(|| {
         not_found(format!(
             "no download format {:?}: choose one of {}",
             t.ext,
-            StreamFormat::ALL
+            Format::all()
                 .iter()
                 .map(|f| f.extension())
                 .collect::<Vec<_>>()
@@ -357,7 +390,24 @@ async fn answer(
         ))
     })?;
     let dl = prepare(hub, t, format).await?;
-    let len = dl.layout.len();
+    let mut hs: Vec<(header::HeaderName, String)> = vec![
+        (header::CONTENT_TYPE, "application/octet-stream".into()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", dl.filename),
+        ),
+    ];
+    let Some(layout) = &dl.layout else {
+        // VMDK: its length is known only at its end, so no ranges, and the
+        // body is chunked.
+        hs.push((header::ACCEPT_RANGES, "none".into()));
+        let mut r = response(StatusCode::OK, hs);
+        if *method != Method::HEAD {
+            *r.body_mut() = spawn_body(hub, dl, 0, 0);
+        }
+        return Ok(r);
+    };
+    let len = layout.len();
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .is_none_or(|v| v.as_bytes() == dl.etag.as_bytes());
@@ -366,15 +416,8 @@ async fn answer(
     } else {
         Ok(None)
     };
-    let mut hs: Vec<(header::HeaderName, String)> = vec![
-        (header::ACCEPT_RANGES, "bytes".into()),
-        (header::ETAG, dl.etag.clone()),
-        (header::CONTENT_TYPE, "application/octet-stream".into()),
-        (
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{}\"", dl.filename),
-        ),
-    ];
+    hs.push((header::ACCEPT_RANGES, "bytes".into()));
+    hs.push((header::ETAG, dl.etag.clone()));
     let (status, start, end) = match wanted {
         Err(()) => {
             hs.push((header::CONTENT_RANGE, format!("bytes */{len}")));
@@ -388,9 +431,15 @@ async fn answer(
     };
     hs.push((header::CONTENT_LENGTH, (end - start).to_string()));
     let mut r = response(status, hs);
-    if *method == Method::HEAD {
-        return Ok(r);
+    if *method != Method::HEAD {
+        *r.body_mut() = spawn_body(hub, dl, start, end);
     }
+    Ok(r)
+}
+
+/// A body produced by a task of its own, a few pieces ahead of the client:
+/// bytes `[start, end)` of the image (the whole of a VMDK, whatever they say).
+fn spawn_body(hub: &Arc<Hub>, dl: Download, start: u64, end: u64) -> Body {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(AHEAD);
     let hub = hub.clone();
     tokio::spawn(async move {
@@ -399,17 +448,63 @@ async fn answer(
             index: dl.index,
             cache: Vec::new(),
         };
-        if let Err(e) = send(&dl.layout, start, end, &mut src, &tx).await {
+        let sent = match &dl.layout {
+            Some(layout) => send(layout, start, end, &mut src, &tx).await,
+            None => send_vmdk(&dl.map, &dl.filename, &dl.id, &mut src, &tx).await,
+        };
+        if let Err(e) = sent {
             // The body ends in an error: the connection is cut short of the
-            // Content-Length, which is how the client learns of it.
+            // Content-Length (or of the chunked body's end), which is how the
+            // client learns of it.
             eprintln!("vmhub hub: download of {} stopped: {e}", dl.filename);
             let _ = tx.send(Err(e)).await;
         }
     });
-    *r.body_mut() = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|x| (x, rx))
-    }));
-    Ok(r)
+    }))
+}
+
+/// Grains deflated per blocking task.
+const GRAINS_AT_ONCE: usize = 16;
+
+/// Sends the stream-optimized VMDK of the disk, front to back.
+async fn send_vmdk(
+    map: &AllocMap,
+    name: &str,
+    id: &Identity,
+    src: &mut Chunks,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<()> {
+    let size = src.index.size;
+    let cid = u32::from_le_bytes([id.seed[0], id.seed[1], id.seed[2], id.seed[3]]);
+    let (mut enc, head) = VmdkEncoder::start(size, name, cid).map_err(io::Error::other)?;
+    put(tx, Bytes::from(head)).await?;
+    let grains = map.blocks(vmdk::GRAIN);
+    for batch in grains.chunks(GRAINS_AT_ONCE) {
+        let mut data = Vec::with_capacity(batch.len());
+        for &g in batch {
+            let mut buf = vec![0u8; enc.grain_len(g)];
+            let at = g * vmdk::GRAIN;
+            let avail = size.saturating_sub(at).min(buf.len() as u64) as usize;
+            if let Some(b) = buf.get_mut(..avail) {
+                src.fill(at, b).await?;
+            }
+            data.push((g, buf));
+        }
+        let (back, out) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (g, d) in &data {
+                out.extend_from_slice(&enc.grain(*g, d).map_err(io::Error::other)?);
+            }
+            Ok::<_, io::Error>((enc, out))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        enc = back;
+        put(tx, Bytes::from(out)).await?;
+    }
+    put(tx, Bytes::from(enc.finish().map_err(io::Error::other)?)).await
 }
 
 /// An answer with `status`, `headers` and (for now) no body.
@@ -492,12 +587,33 @@ impl Chunks {
             }
             let data = self.chunk(n).await?;
             let to = end.min(at + data.len() as u64);
+            // (`at` may lie before `pos` for the first chunk.)
             if to > pos {
                 let part = data.slice((pos - at) as usize..(to - at) as usize);
                 for i in (0..part.len()).step_by(PIECE) {
                     put(tx, part.slice(i..part.len().min(i + PIECE))).await?;
                 }
                 pos = to;
+            }
+            k += 1;
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` with the disk's bytes from `offset`.
+    async fn fill(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        let mut k = self.index.first_after(offset);
+        while let Some(&(at, n)) = self.index.map.get(k).filter(|&&(at, _)| at < end) {
+            let data = self.chunk(n).await?;
+            let from = offset.max(at);
+            let to = end.min(at + data.len() as u64);
+            if let (Some(dst), Some(src)) = (
+                buf.get_mut((from - offset) as usize..(to - offset) as usize),
+                data.get((from - at) as usize..(to - at) as usize),
+            ) {
+                dst.copy_from_slice(src);
             }
             k += 1;
         }
@@ -586,7 +702,7 @@ mod tests {
         assert_eq!(target("/m/a/1/disks/x.raw"), None);
         assert_eq!(target("/m/a/1/disks/0"), None);
         assert_eq!(
-            link("a/b", "1", 2, StreamFormat::Vdi),
+            link("a/b", "1", 2, Format::Laid(StreamFormat::Vdi)),
             "/m/a/b/1/disks/2.vdi"
         );
     }

@@ -224,7 +224,7 @@ fn download_links(repo: &str, m: &MachineRow) -> String {
     let mut s = format!("<h2>Download</h2><p>Version {}, converted as it downloads; every download can be resumed.</p><ul>", esc(&m.tag));
     for (n, d) in m.disks.iter().enumerate() {
         let _ = write!(s, "<li>{} ({}):", esc(&d.name), esc(&human(d.size)));
-        for f in vdisk::stream::StreamFormat::ALL {
+        for f in crate::download::Format::all() {
             let href = crate::download::link(&url_part(repo), &url_part(&m.tag), n, f);
             let _ = write!(
                 s,

@@ -109,7 +109,7 @@ fn every_format_downloads_checks_and_resumes() {
 
     // The machine page links every format.
     let page = String::from_utf8(c.get("/m/acme/box").body).unwrap();
-    for (ext, _) in FORMATS {
+    for ext in FORMATS.iter().map(|f| f.0).chain(["vmdk"]) {
         assert!(
             page.contains(&format!("href=\"/m/acme/box/1/disks/0.{ext}\"")),
             "no {ext} link in {page}"
@@ -191,6 +191,25 @@ fn every_format_downloads_checks_and_resumes() {
         assert_eq!((stale.status, stale.body.len()), (200, len));
     }
 
+    // VMDK (stream-optimized) comes whole, front to back, without ranges.
+    let path = "/m/acme/box/1/disks/0.vmdk";
+    let v = c.send("GET", path, &[("Range", "bytes=0-99")], None);
+    assert_eq!(v.status, 200, "{}", String::from_utf8_lossy(&v.body));
+    assert_eq!(v.header("accept-ranges"), Some("none"));
+    assert_eq!(v.header("content-length"), None);
+    assert_eq!(
+        v.header("content-disposition"),
+        Some("attachment; filename=\"box-1.vmdk\"")
+    );
+    let img = dir.path().join("down.vmdk");
+    std::fs::write(&img, &v.body).unwrap();
+    let report = qemu(&["check", "-f", "vmdk"], &[&img]);
+    assert!(report.contains("No errors"), "vmdk: {report}");
+    qemu(&["compare", "-f", "vmdk", "-F", "raw"], &[&img, &raw]);
+    assert_eq!(c.get(path).body, v.body, "vmdk: a second download differs");
+    let h = c.send("HEAD", path, &[], None);
+    assert_eq!((h.status, h.header("accept-ranges")), (200, Some("none")));
+
     // The digest names the same machine; the file name shows the digest.
     let digest = c
         .send(
@@ -233,8 +252,9 @@ fn every_format_downloads_checks_and_resumes() {
 }
 
 /// Sends a GET over a plain socket and reads until the server closes:
-/// the announced Content-Length and the body bytes that came.
-fn raw_get(base: &str, path: &str) -> (u64, usize) {
+/// the announced Content-Length (none for a chunked body) and the body
+/// bytes that came, as sent.
+fn raw_get(base: &str, path: &str) -> (Option<u64>, Vec<u8>) {
     let addr = base.trim_start_matches("http://");
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -253,11 +273,16 @@ fn raw_get(base: &str, path: &str) -> (u64, usize) {
     let len = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (len, all.len() - split)
+        .map(|v| v.trim().parse().unwrap());
+    if len.is_none() {
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    }
+    (len, all[split..].to_vec())
+}
+
+/// Whether a chunked body ends with its last chunk, as a whole one does.
+fn chunked_whole(body: &[u8]) -> bool {
+    body.ends_with(b"\r\n0\r\n\r\n") || body == b"0\r\n\r\n"
 }
 
 #[test]
@@ -269,7 +294,9 @@ fn a_damaged_chunk_cuts_the_download() {
     sparse_disk(&raw, 8 << 20, 77);
     push(&dir.path().join("lib"), &raw, &s.base, &s.token, "acme/bad");
     let (len, got) = raw_get(&s.base, "/m/acme/bad/1/disks/0.vhd");
-    assert_eq!(got as u64, len, "an intact download is whole");
+    assert_eq!(Some(got.len() as u64), len, "an intact download is whole");
+    let (_, got) = raw_get(&s.base, "/m/acme/bad/1/disks/0.vmdk");
+    assert!(chunked_whole(&got), "an intact VMDK download is whole");
 
     // Damage the chunk blob placed last on the disk: same length, other bytes.
     let lib = Library::open(&dir.path().join("lib")).unwrap();
@@ -290,11 +317,16 @@ fn a_damaged_chunk_cuts_the_download() {
 
     for ext in ["raw", "vhd", "qcow2"] {
         let (len, got) = raw_get(&s.base, &format!("/m/acme/bad/1/disks/0.{ext}"));
+        let len = len.unwrap();
         assert!(
-            (got as u64) < len,
-            "{ext}: {got} of {len} bytes came although a chunk is damaged"
+            (got.len() as u64) < len,
+            "{ext}: {} of {len} bytes came although a chunk is damaged",
+            got.len()
         );
     }
+    // A chunked VMDK body stops without its last chunk.
+    let (_, got) = raw_get(&s.base, "/m/acme/bad/1/disks/0.vmdk");
+    assert!(!chunked_whole(&got), "the VMDK download ended as if whole");
 }
 
 #[test]
