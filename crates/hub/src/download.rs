@@ -28,12 +28,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use store::index::{DiskIndex, MAX_INDEX_BYTES};
+use store::index::{ChunkRef, DiskIndex, MAX_INDEX_BYTES};
 use store::machine::{Machine, MAX_CONFIG_BYTES};
 use store::manifest::Manifest;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use vdisk::stream::vmdk::{self, VmdkEncoder};
 use vdisk::stream::{AllocMap, Identity, Layout, Piece, StreamFormat};
 
@@ -45,6 +47,9 @@ static ZEROS: [u8; PIECE] = [0; PIECE];
 const AHEAD: usize = 4;
 /// Decompressed chunks kept, for a chunk that straddles two blocks.
 const CACHED: usize = 2;
+/// Chunks fetched ahead of the one being sent (with [`CACHED`], this bounds
+/// what one download holds: a few chunks of at most 16 MiB).
+const PREFETCH: usize = 3;
 
 /// The parts of a download path.
 #[derive(Debug, PartialEq, Eq)]
@@ -267,17 +272,26 @@ async fn prepare(hub: &Hub, t: &Target<'_>, format: Format) -> ApiResult<Downloa
         seed: id,
         timestamp,
     };
-    let layout = match format {
-        Format::Laid(f) => Some(
-            vdisk::stream::layout(f, index.size, &map, &id).map_err(|e| {
+    let (layout, map) = match format {
+        Format::Laid(f) => {
+            // A large disk's tables take a while to lay out: off the
+            // threads that serve requests.
+            let size = index.size;
+            let (laid, map) = tokio::task::spawn_blocking(move || {
+                (vdisk::stream::layout(f, size, &map, &id), map)
+            })
+            .await
+            .map_err(|e| ApiError::internal("laying out an image", e))?;
+            let laid = laid.map_err(|e| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     Code::Unsupported,
                     format!("disk {n} cannot be made a {} image: {e}", f.extension()),
                 )
-            })?,
-        ),
-        Format::Vmdk => None,
+            })?;
+            (Some(laid), map)
+        }
+        Format::Vmdk => (None, map),
     };
     let label = if t.reference.contains(':') {
         d.hex().get(..12).unwrap_or_default().to_string()
@@ -447,6 +461,7 @@ fn spawn_body(hub: &Arc<Hub>, dl: Download, start: u64, end: u64) -> Body {
             hub,
             index: dl.index,
             cache: Vec::new(),
+            pending: VecDeque::new(),
         };
         let sent = match &dl.layout {
             Some(layout) => send(layout, start, end, &mut src, &tx).await,
@@ -564,6 +579,17 @@ struct Chunks {
     hub: Arc<Hub>,
     index: DiskIndex,
     cache: Vec<(u32, Bytes)>,
+    /// Chunks being fetched ahead of need, in map order.
+    pending: VecDeque<(u32, JoinHandle<io::Result<Bytes>>)>,
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        // A download that ends (or whose client goes) wants nothing more.
+        for (_, h) in &self.pending {
+            h.abort();
+        }
+    }
 }
 
 impl Chunks {
@@ -585,7 +611,7 @@ impl Chunks {
                 zeros(tx, at - pos).await?;
                 pos = at;
             }
-            let data = self.chunk(n).await?;
+            let data = self.chunk_at(k, n).await?;
             let to = end.min(at + data.len() as u64);
             // (`at` may lie before `pos` for the first chunk.)
             if to > pos {
@@ -606,7 +632,7 @@ impl Chunks {
         let end = offset + buf.len() as u64;
         let mut k = self.index.first_after(offset);
         while let Some(&(at, n)) = self.index.map.get(k).filter(|&&(at, _)| at < end) {
-            let data = self.chunk(n).await?;
+            let data = self.chunk_at(k, n).await?;
             let from = offset.max(at);
             let to = end.min(at + data.len() as u64);
             if let (Some(dst), Some(src)) = (
@@ -620,62 +646,92 @@ impl Chunks {
         Ok(())
     }
 
-    /// Chunk `n`: its blob checked against its digest, decompressed (never
-    /// past its declared length) and checked against its content digest.
-    async fn chunk(&mut self, n: u32) -> io::Result<Bytes> {
-        if let Some((_, b)) = self.cache.iter().find(|(k, _)| *k == n) {
+    /// Chunk `n`, placed by map entry `k`; the chunks of the next few
+    /// entries start downloading meanwhile.
+    async fn chunk_at(&mut self, k: usize, n: u32) -> io::Result<Bytes> {
+        for j in k..k + PREFETCH {
+            let Some(&(_, m)) = self.index.map.get(j) else {
+                break;
+            };
+            let known = self.cache.iter().any(|(c, _)| *c == m)
+                || self.pending.iter().any(|(c, _)| *c == m);
+            if !known {
+                let Some(&c) = self.index.chunks.get(m as usize) else {
+                    break;
+                };
+                let hub = self.hub.clone();
+                self.pending
+                    .push_back((m, tokio::spawn(async move { fetch(&hub, m, c).await })));
+            }
+        }
+        if let Some((_, b)) = self.cache.iter().find(|(c, _)| *c == n) {
             return Ok(b.clone());
         }
-        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-        let c = *self
-            .index
-            .chunks
-            .get(n as usize)
-            .ok_or_else(|| bad(format!("the disk index has no chunk {n}")))?;
-        let d = Digest::parse(&c.blob.to_string())
-            .map_err(|_| bad(format!("chunk {n}: digest {} is not sha256", c.blob)))?;
-        // The index bounds `c.size` (a chunk's length plus a little), so
-        // this allocation is bounded too.
-        let mut blob = Vec::with_capacity(c.size as usize);
-        let mut s = self.hub.store.read(&d, 0, c.size).await?;
-        while let Some(part) = s.next().await {
-            let part = part?;
-            if blob.len() + part.len() > c.size as usize {
-                return Err(bad(format!(
-                    "chunk blob {d} is longer than {} bytes",
-                    c.size
-                )));
+        let data = match self.pending.iter().position(|(c, _)| *c == n) {
+            Some(i) => match self.pending.remove(i) {
+                Some((_, h)) => h.await.map_err(io::Error::other)??,
+                None => return Err(io::Error::other(format!("chunk {n} went missing"))),
+            },
+            None => {
+                let c = *self.index.chunks.get(n as usize).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the disk index has no chunk {n}"),
+                    )
+                })?;
+                fetch(&self.hub, n, c).await?
             }
-            blob.extend_from_slice(&part);
-        }
-        if blob.len() as u64 != c.size || Digest::of(&blob) != d {
-            return Err(bad(format!(
-                "chunk blob {d} does not match its digest: the stored blob is damaged"
-            )));
-        }
-        let data = tokio::task::spawn_blocking(move || {
-            let data = zstd::bulk::decompress(&blob, c.length as usize).map_err(|e| {
-                bad(format!(
-                    "chunk blob {d} does not decompress to at most {} bytes: {e}",
-                    c.length
-                ))
-            })?;
-            if data.len() != c.length as usize || !c.content.matches(&data) {
-                return Err(bad(format!(
-                    "chunk blob {d} does not hold the {} bytes with digest {}",
-                    c.length, c.content
-                )));
-            }
-            Ok(Bytes::from(data))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        };
         if self.cache.len() >= CACHED {
             self.cache.remove(0);
         }
         self.cache.push((n, data.clone()));
         Ok(data)
     }
+}
+
+/// Chunk `n` (`c`): its blob checked against its digest, decompressed
+/// (never past its declared length) and checked against its content digest.
+async fn fetch(hub: &Hub, n: u32, c: ChunkRef) -> io::Result<Bytes> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let d = Digest::parse(&c.blob.to_string())
+        .map_err(|_| bad(format!("chunk {n}: digest {} is not sha256", c.blob)))?;
+    // The index bounds `c.size` (a chunk's length plus a little), so
+    // this allocation is bounded too.
+    let mut blob = Vec::with_capacity(c.size as usize);
+    let mut s = hub.store.read(&d, 0, c.size).await?;
+    while let Some(part) = s.next().await {
+        let part = part?;
+        if blob.len() + part.len() > c.size as usize {
+            return Err(bad(format!(
+                "chunk blob {d} is longer than {} bytes",
+                c.size
+            )));
+        }
+        blob.extend_from_slice(&part);
+    }
+    if blob.len() as u64 != c.size || Digest::of(&blob) != d {
+        return Err(bad(format!(
+            "chunk blob {d} does not match its digest: the stored blob is damaged"
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        let data = zstd::bulk::decompress(&blob, c.length as usize).map_err(|e| {
+            bad(format!(
+                "chunk blob {d} does not decompress to at most {} bytes: {e}",
+                c.length
+            ))
+        })?;
+        if data.len() != c.length as usize || !c.content.matches(&data) {
+            return Err(bad(format!(
+                "chunk blob {d} does not hold the {} bytes with digest {}",
+                c.length, c.content
+            )));
+        }
+        Ok(Bytes::from(data))
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 #[cfg(test)]
@@ -701,6 +757,13 @@ mod tests {
         assert_eq!(target("/m/acme/disks/0.raw"), None);
         assert_eq!(target("/m/a/1/disks/x.raw"), None);
         assert_eq!(target("/m/a/1/disks/0"), None);
+        assert_eq!(Format::from_extension("vmdk"), Some(Format::Vmdk));
+        assert_eq!(
+            Format::from_extension("qcow2"),
+            Some(Format::Laid(StreamFormat::Qcow2))
+        );
+        assert_eq!(Format::from_extension("iso"), None);
+        assert_eq!(Format::all().len(), 6);
         assert_eq!(
             link("a/b", "1", 2, Format::Laid(StreamFormat::Vdi)),
             "/m/a/b/1/disks/2.vdi"
