@@ -422,6 +422,17 @@ async fn answer(
         return Ok(r);
     };
     let len = layout.len();
+    hs.push((header::ACCEPT_RANGES, "bytes".into()));
+    hs.push((header::ETAG, dl.etag.clone()));
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == dl.etag || t.trim() == "*"));
+    if unchanged {
+        // The client holds this very file already.
+        hs.retain(|(k, _)| *k != header::CONTENT_TYPE && *k != header::CONTENT_DISPOSITION);
+        return Ok(response(StatusCode::NOT_MODIFIED, hs));
+    }
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .is_none_or(|v| v.as_bytes() == dl.etag.as_bytes());
@@ -430,8 +441,6 @@ async fn answer(
     } else {
         Ok(None)
     };
-    hs.push((header::ACCEPT_RANGES, "bytes".into()));
-    hs.push((header::ETAG, dl.etag.clone()));
     let (status, start, end) = match wanted {
         Err(()) => {
             hs.push((header::CONTENT_RANGE, format!("bytes */{len}")));

@@ -181,6 +181,10 @@ fn every_format_downloads_checks_and_resumes() {
             past.header("content-range"),
             Some(format!("bytes */{len}").as_str())
         );
+        // A client that holds the file is told so.
+        let same = c.send("GET", &path, &[("If-None-Match", &etag)], None);
+        assert_eq!((same.status, same.body.len()), (304, 0));
+        assert_eq!(same.header("etag"), Some(etag.as_str()));
         // A stale If-Range gets the whole file.
         let stale = c.send(
             "GET",

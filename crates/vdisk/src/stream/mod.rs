@@ -361,6 +361,78 @@ pub(crate) fn push_block(l: &mut Layout, size: u64, block_size: u64, block: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Data ranges from (gap, length) pairs, inside `size`.
+    fn ranges(size: u64, runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for &(gap, len) in runs {
+            pos += gap;
+            if pos >= size {
+                break;
+            }
+            let len = len.min(size - pos);
+            out.push((pos, len));
+            pos += len;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// Every layout is contiguous, as long as its segments, holds every
+        /// data byte of the disk once, and any range of it comes out as
+        /// pieces of exactly that length.
+        #[test]
+        fn layouts_are_consistent(
+            sectors in 1u64..40_000,
+            runs in proptest::collection::vec((0u64..3_000_000, 1u64..2_000_000), 0..12),
+            cuts in proptest::collection::vec((any::<u64>(), any::<u64>()), 8),
+        ) {
+            let size = sectors * 512;
+            let map = AllocMap::new(size, ranges(size, &runs)).unwrap();
+            let id = Identity { seed: [5; 16], timestamp: 1 };
+            for f in StreamFormat::ALL {
+                let l = layout(f, size, &map, &id).unwrap();
+                let mut at = 0;
+                let mut disk: Vec<(u64, u64)> = Vec::new();
+                for (o, seg) in l.segments() {
+                    prop_assert_eq!(*o, at);
+                    at += seg.len();
+                    if let Segment::Disk { offset, len } = seg {
+                        disk.push((*offset, *len));
+                    }
+                }
+                prop_assert_eq!(at, l.len());
+                // Disk bytes come in order, without overlap, inside the disk,
+                // and cover every data range.
+                let mut end = 0;
+                for &(o, n) in &disk {
+                    prop_assert!(o >= end && o + n <= size, "{:?}: {:?}", f, disk);
+                    end = o + n;
+                }
+                for &(o, n) in map.ranges() {
+                    let covered: u64 = disk
+                        .iter()
+                        .map(|&(a, m)| (o + n).min(a + m).saturating_sub(o.max(a)))
+                        .sum();
+                    prop_assert_eq!(covered, n, "{:?}: data {}+{} not covered", f, o, n);
+                }
+                for &(a, b) in &cuts {
+                    let (a, b) = (a % (l.len() + 1), b % (l.len() + 1));
+                    let (a, b) = (a.min(b), a.max(b));
+                    let total: u64 = l.pieces(a, b).iter().map(|p| match p {
+                        Piece::Bytes(x) => x.len() as u64,
+                        Piece::Disk { len, .. } => *len,
+                        Piece::Zeros(n) => *n,
+                    }).sum();
+                    prop_assert_eq!(total, b - a);
+                }
+            }
+        }
+    }
 
     #[test]
     fn alloc_map_merges_and_refuses() {
