@@ -577,6 +577,13 @@ async fn send(
                 }
             }
             Piece::Zeros(n) => zeros(tx, n).await?,
+            Piece::Fill { byte, mut len } => {
+                while len > 0 {
+                    let k = len.min(PIECE as u64) as usize;
+                    put(tx, Bytes::from(vec![byte; k])).await?;
+                    len -= k as u64;
+                }
+            }
             Piece::Disk { offset, len } => src.send(offset, len, tx).await?,
         }
     }

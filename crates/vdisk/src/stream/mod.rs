@@ -175,6 +175,13 @@ pub enum Segment {
     },
     /// This many zero bytes.
     Zeros(u64),
+    /// `len` bytes of value `byte` (the unused entries of a table).
+    Fill {
+        /// The value.
+        byte: u8,
+        /// Length in bytes.
+        len: u64,
+    },
 }
 
 impl Segment {
@@ -184,6 +191,7 @@ impl Segment {
             Segment::Bytes(b) => b.len() as u64,
             Segment::Disk { len, .. } => *len,
             Segment::Zeros(n) => *n,
+            Segment::Fill { len, .. } => *len,
         }
     }
 
@@ -207,6 +215,13 @@ pub enum Piece<'a> {
     },
     /// This many zeros.
     Zeros(u64),
+    /// `len` bytes of value `byte`.
+    Fill {
+        /// The value.
+        byte: u8,
+        /// Length in bytes.
+        len: u64,
+    },
 }
 
 /// A whole image file as segments, with their offsets in the file.
@@ -231,6 +246,11 @@ impl Layout {
         let n = s.len();
         match (self.segments.last_mut(), &s) {
             (Some((_, Segment::Zeros(z))), Segment::Zeros(m)) => *z += m,
+            (Some((_, Segment::Fill { byte, len })), Segment::Fill { byte: b, len: m })
+                if byte == b =>
+            {
+                *len += m
+            }
             (Some((_, Segment::Disk { offset, len })), Segment::Disk { offset: o, len: l })
                 if *offset + *len == *o =>
             {
@@ -292,6 +312,10 @@ impl Layout {
                     len: to - from,
                 },
                 Segment::Zeros(_) => Piece::Zeros(to - from),
+                Segment::Fill { byte, .. } => Piece::Fill {
+                    byte: *byte,
+                    len: to - from,
+                },
             });
         }
         out
@@ -312,11 +336,16 @@ impl Layout {
         for p in self.pieces(start, end) {
             match p {
                 Piece::Bytes(b) => out.write_all(b).map_err(io)?,
-                Piece::Zeros(mut n) => {
+                Piece::Zeros(n) | Piece::Fill { len: n, .. } => {
+                    let byte = match p {
+                        Piece::Fill { byte, .. } => byte,
+                        _ => 0,
+                    };
+                    let mut n = n;
                     while n > 0 {
                         let k = n.min(BUF);
                         buf.clear();
-                        buf.resize(k as usize, 0);
+                        buf.resize(k as usize, byte);
                         out.write_all(&buf).map_err(io)?;
                         n -= k;
                     }
@@ -349,6 +378,46 @@ pub fn layout(format: StreamFormat, size: u64, map: &AllocMap, id: &Identity) ->
     }
 }
 
+/// Appends a table of `len` bytes that reads as `fill` but for `entries`:
+/// `(offset in the table, bytes)`, in increasing order, not overlapping,
+/// inside the table. Only the entries are held in memory, so a table's
+/// cost follows the data of the disk, not its size.
+pub(crate) fn push_table(
+    l: &mut Layout,
+    len: u64,
+    fill: u8,
+    entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+) {
+    let start = l.len();
+    let gap = |l: &mut Layout, to: u64| {
+        let n = (start + to).saturating_sub(l.len());
+        l.push(if fill == 0 {
+            Segment::Zeros(n)
+        } else {
+            Segment::Fill { byte: fill, len: n }
+        });
+    };
+    // Touching entries are kept as one run of bytes.
+    let mut run: Option<(u64, Vec<u8>)> = None;
+    for (at, bytes) in entries {
+        match &mut run {
+            Some((r, b)) if *r + b.len() as u64 == at => b.extend_from_slice(&bytes),
+            _ => {
+                if let Some((r, b)) = run.take() {
+                    gap(l, r);
+                    l.bytes(b);
+                }
+                run = Some((at, bytes));
+            }
+        }
+    }
+    if let Some((r, b)) = run {
+        gap(l, r);
+        l.bytes(b);
+    }
+    gap(l, len);
+}
+
 /// Appends block `block` of `block_size` bytes of a disk of `size` bytes:
 /// its disk bytes, then zeros to the block's end past the disk's end.
 pub(crate) fn push_block(l: &mut Layout, size: u64, block_size: u64, block: u64) {
@@ -362,6 +431,77 @@ pub(crate) fn push_block(l: &mut Layout, size: u64, block_size: u64, block: u64)
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The metadata bytes `[a, b)` of `l`, which must hold no disk bytes.
+    pub(crate) fn bytes_of(l: &Layout, a: u64, b: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in l.pieces(a, b) {
+            match p {
+                Piece::Bytes(x) => out.extend_from_slice(x),
+                Piece::Zeros(n) => out.resize(out.len() + n as usize, 0),
+                Piece::Fill { byte, len } => out.resize(out.len() + len as usize, byte),
+                Piece::Disk { .. } => panic!("disk bytes in {a}..{b}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tables_hold_only_their_entries() {
+        let mut l = Layout::new();
+        l.bytes(vec![1]);
+        push_table(
+            &mut l,
+            64,
+            0xff,
+            [(8, vec![1, 2]), (10, vec![3]), (60, vec![4, 5, 6, 7])],
+        );
+        assert_eq!(l.len(), 65);
+        let b = bytes_of(&l, 0, 65);
+        assert_eq!(
+            &b[..12],
+            &[1, 255, 255, 255, 255, 255, 255, 255, 255, 1, 2, 3]
+        );
+        assert_eq!(&b[61..], &[4, 5, 6, 7]);
+        assert!(b[12..61].iter().all(|&x| x == 0xff));
+        assert_eq!(l.segments().len(), 5);
+    }
+
+    /// Metadata bytes a layout holds in memory, shared ones once.
+    fn held(l: &Layout) -> u64 {
+        let mut seen: Vec<*const Vec<u8>> = Vec::new();
+        let mut n = 0;
+        for (_, s) in l.segments() {
+            if let Segment::Bytes(b) = s {
+                if !seen.contains(&Arc::as_ptr(b)) {
+                    seen.push(Arc::as_ptr(b));
+                    n += b.len() as u64;
+                }
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn huge_sparse_disks_cost_little() {
+        let id = Identity {
+            seed: [1; 16],
+            timestamp: 0,
+        };
+        for f in StreamFormat::ALL {
+            // The largest disk each format holds, 4 KiB of data every 8 GiB.
+            let size: u64 = if f == StreamFormat::Vhd {
+                2040 << 30
+            } else {
+                64 << 40
+            };
+            let map = AllocMap::new(size, (0..size >> 33).map(|i| (i << 33, 4096))).unwrap();
+            let l = layout(f, size, &map, &id).unwrap();
+            // VHD's BAT is whole (4 MiB at most); every other table holds
+            // only its entries.
+            assert!(held(&l) < 8 << 20, "{f:?}: {} bytes held", held(&l));
+        }
+    }
 
     /// Data ranges from (gap, length) pairs, inside `size`.
     fn ranges(size: u64, runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
@@ -426,7 +566,7 @@ mod tests {
                     let total: u64 = l.pieces(a, b).iter().map(|p| match p {
                         Piece::Bytes(x) => x.len() as u64,
                         Piece::Disk { len, .. } => *len,
-                        Piece::Zeros(n) => *n,
+                        Piece::Zeros(n) | Piece::Fill { len: n, .. } => *n,
                     }).sum();
                     prop_assert_eq!(total, b - a);
                 }

@@ -4,7 +4,7 @@
 //! every cluster of the file has refcount one, and every L1 and L2 entry
 //! carries the COPIED flag that says so.
 
-use super::{push_block, AllocMap, Layout, Segment};
+use super::{push_block, push_table, AllocMap, Layout, Segment};
 use crate::qcow2::header::{
     Compression, Header, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LEN,
 };
@@ -114,30 +114,29 @@ pub fn layout(size: u64, map: &AllocMap, cluster_bits: u32) -> Result<Layout> {
             l.bytes(block);
         }
     }
-    let mut l1 = vec![0u8; (l1_clusters * cs) as usize];
-    for (k, &t) in tables.iter().enumerate() {
-        let at = (t * 8) as usize;
-        let e = l2::normal_entry(l2_at + k as u64 * cs);
-        if let Some(slot) = l1.get_mut(at..at + 8) {
-            slot.copy_from_slice(&e.to_be_bytes());
-        }
-    }
-    l.bytes(l1);
+    push_table(
+        &mut l,
+        l1_clusters * cs,
+        0,
+        tables.iter().enumerate().map(|(k, &t)| {
+            let e = l2::normal_entry(l2_at + k as u64 * cs);
+            (t * 8, e.to_be_bytes().to_vec())
+        }),
+    );
+    // Each L2 table holds only the entries of clusters with data; a table
+    // is as large as a cluster however few they are.
     let mut next = 0usize;
     for &t in &tables {
-        let mut table = vec![0u8; cs as usize];
+        let mut entries = Vec::new();
         while let Some(&c) = data.get(next) {
             if c / per_l2 != t {
                 break;
             }
-            let at = ((c % per_l2) * 8) as usize;
             let e = l2::normal_entry(data_at + next as u64 * cs);
-            if let Some(slot) = table.get_mut(at..at + 8) {
-                slot.copy_from_slice(&e.to_be_bytes());
-            }
+            entries.push(((c % per_l2) * 8, e.to_be_bytes().to_vec()));
             next += 1;
         }
-        l.bytes(table);
+        push_table(&mut l, cs, 0, entries);
     }
     for &c in &data {
         push_block(&mut l, size, cs, c);
@@ -149,6 +148,7 @@ pub fn layout(size: u64, map: &AllocMap, cluster_bits: u32) -> Result<Layout> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::tests::bytes_of;
 
     fn be64(b: &[u8], at: usize) -> u64 {
         u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
@@ -160,22 +160,14 @@ mod tests {
         let size = 1 << 20;
         let m = AllocMap::new(size, [(0, 600), (40 << 10, 512)]).unwrap();
         let l = layout(size, &m, 9).unwrap();
-        let seg = l.segments();
-        let Segment::Bytes(head) = &seg[0].1 else {
-            panic!("no header")
-        };
-        let h = Header::parse(head, std::path::Path::new("x")).unwrap();
+        let head = bytes_of(&l, 0, 512);
+        let h = Header::parse(&head, std::path::Path::new("x")).unwrap();
         // Clusters 0, 1 and 80 in two L2 tables (0..64 and 64..128).
         let total = 1 + 1 + 1 + 1 + 2 + 3;
         assert_eq!(l.len(), total * 512);
         assert_eq!(h.l1_table_offset, 3 * 512);
         assert_eq!(h.l1_size, 32);
-        let bytes_at = |off: u64| -> Arc<Vec<u8>> {
-            match seg.iter().find(|(at, _)| *at == off).map(|(_, s)| s) {
-                Some(Segment::Bytes(b)) => b.clone(),
-                other => panic!("no bytes at {off}: {other:?}"),
-            }
-        };
+        let bytes_at = |off: u64| bytes_of(&l, off, off + 512);
         let l1 = bytes_at(3 * 512);
         assert_eq!(be64(&l1, 0), l2::normal_entry(4 * 512));
         assert_eq!(be64(&l1, 8), l2::normal_entry(5 * 512));

@@ -1,7 +1,7 @@
 //! The dynamic VDI layout, as vmhub's own writer makes an image: the header,
 //! the block map, padding to 1 MiB, then each allocated block in disk order.
 
-use super::{push_block, AllocMap, Identity, Layout};
+use super::{push_block, push_table, AllocMap, Identity, Layout};
 use crate::vdi::header::{self, Header, ImageType, HEADER_AREA, UNALLOCATED};
 use crate::vdi::MAX_BLOCKS;
 use crate::{Error, Result};
@@ -56,19 +56,18 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
         uuid_link: [0; 16],
         uuid_parent: [0; 16],
     };
-    let mut table = vec![0u8; (blocks * 4) as usize];
-    for e in table.chunks_exact_mut(4) {
-        e.copy_from_slice(&UNALLOCATED.to_le_bytes());
-    }
-    for (k, &b) in used.iter().enumerate() {
-        let at = (b * 4) as usize;
-        if let Some(e) = table.get_mut(at..at + 4) {
-            e.copy_from_slice(&(k as u32).to_le_bytes());
-        }
-    }
     let mut l = Layout::new();
     l.bytes(h.encode(&[0u8; HEADER_AREA]).to_vec());
-    l.bytes(table);
+    // Unallocated entries are all ones (UNALLOCATED).
+    debug_assert_eq!(UNALLOCATED, u32::MAX);
+    push_table(
+        &mut l,
+        blocks * 4,
+        0xff,
+        used.iter()
+            .enumerate()
+            .map(|(k, &b)| (b * 4, (k as u32).to_le_bytes().to_vec())),
+    );
     l.zeros_to(offset_data);
     for &b in &used {
         push_block(&mut l, size, block_size, b);
@@ -79,7 +78,7 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::Segment;
+    use crate::stream::tests::bytes_of;
 
     #[test]
     fn block_map_numbers_blocks_in_order() {
@@ -91,18 +90,14 @@ mod tests {
         let m = AllocMap::new(size, [((1 << 20) + 7, 1), (3 << 20, 5)]).unwrap();
         let l = layout(size, &m, &id, 1 << 20).unwrap();
         assert_eq!(l.len(), (1 << 20) + 2 * (1 << 20));
-        let Segment::Bytes(head) = &l.segments()[0].1 else {
-            panic!("no header")
-        };
+        let head = bytes_of(&l, 0, 512);
         let h = Header::decode(head.as_slice().try_into().unwrap());
         assert_eq!(
             (h.blocks, h.blocks_allocated, h.offset_data),
             (4, 2, 1 << 20)
         );
         assert!(h.problems(l.len()).is_empty(), "{:?}", h.problems(l.len()));
-        let Segment::Bytes(map) = &l.segments()[1].1 else {
-            panic!("no block map")
-        };
+        let map = bytes_of(&l, 512, 512 + 16);
         let e: Vec<u32> = map
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))

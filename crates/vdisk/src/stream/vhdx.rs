@@ -2,7 +2,7 @@
 //! identifier, the two headers, the two region tables, an empty (clean) log,
 //! the BAT, the metadata region, then each allocated block in disk order.
 
-use super::{push_block, AllocMap, Identity, Layout};
+use super::{push_block, push_table, AllocMap, Identity, Layout};
 use crate::vhdx::bat::{self, Geometry};
 use crate::vhdx::create::DEFAULT_LOG_SIZE;
 use crate::vhdx::fields::{put, ZERO_GUID};
@@ -82,17 +82,17 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
     }
     // The log: zeros, and a zero log GUID in the headers, so nothing replays.
     l.zeros_to(bat_offset);
-    let mut entries = vec![0u8; (geo.entries * 8) as usize];
     let blocks = map.blocks(block_size);
-    for (k, &b) in blocks.iter().enumerate() {
-        let e = bat::entry(bat::FULLY_PRESENT, data_offset + k as u64 * block_size);
-        put(
-            &mut entries,
-            (geo.payload_index(b) * 8) as usize,
-            &e.to_le_bytes(),
-        );
-    }
-    l.bytes(entries);
+    // Blocks without data are NOT_PRESENT entries: zeros.
+    push_table(
+        &mut l,
+        geo.entries * 8,
+        0,
+        blocks.iter().enumerate().map(|(k, &b)| {
+            let e = bat::entry(bat::FULLY_PRESENT, data_offset + k as u64 * block_size);
+            (geo.payload_index(b) * 8, e.to_le_bytes().to_vec())
+        }),
+    );
     l.zeros_to(meta_offset);
     let meta = Metadata {
         block_size: block_size as u32,
@@ -115,7 +115,7 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::Segment;
+    use crate::stream::tests::bytes_of;
     use crate::vhdx::fields::u64_at;
 
     #[test]
@@ -129,24 +129,14 @@ mod tests {
         let l = layout(size, &m, &id, 1 << 20).unwrap();
         let data = 4 << 20;
         assert_eq!(l.len(), data + 2 * (1 << 20));
-        let bat = l
-            .segments()
-            .iter()
-            .find(|(at, _)| *at == 2 << 20)
-            .map(|(_, s)| s.clone());
-        let Some(Segment::Bytes(b)) = bat else {
-            panic!("no BAT at 2 MiB")
-        };
+        let b = bytes_of(&l, 2 << 20, (2 << 20) + 40);
         let e: Vec<u64> = (0..5).map(|i| u64_at(&b, i * 8)).collect();
         assert_eq!(e[0], bat::entry(bat::FULLY_PRESENT, data));
         assert_eq!(e[3], bat::entry(bat::FULLY_PRESENT, data + (1 << 20)));
         assert_eq!((e[1], e[2], e[4]), (0, 0, 0));
         for (off, want) in [(64 << 10, 1u64), (128 << 10, 2)] {
-            let Some((_, Segment::Bytes(h))) = l.segments().iter().find(|(at, _)| *at == off)
-            else {
-                panic!("no header at {off}")
-            };
-            assert_eq!(Header::decode(h).unwrap().sequence, want);
+            let h = bytes_of(&l, off, off + 4096);
+            assert_eq!(Header::decode(&h).unwrap().sequence, want);
         }
         assert!(layout(size, &m, &id, 3 << 20).is_err());
     }
