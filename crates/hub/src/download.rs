@@ -255,8 +255,11 @@ async fn prepare(hub: &Hub, t: &Target<'_>, format: Format) -> ApiResult<Downloa
         .map_err(|e| ApiError::internal("reading a disk index", e))?;
     let map = AllocMap::new(
         index.size,
-        (0..index.map.len())
-            .filter_map(|k| index.map.get(k).map(|&(o, _)| (o, index.placed_len(k)))),
+        index
+            .map
+            .iter()
+            .enumerate()
+            .map(|(k, &(offset, _))| (offset, index.placed_len(k))),
     )
     .map_err(|e| ApiError::internal("reading a disk index", e))?;
     // The ids in the image follow from the machine and the disk, so that

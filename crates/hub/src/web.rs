@@ -221,7 +221,7 @@ pub(crate) async fn machine(hub: &Hub, repo: &str, headers: &HeaderMap) -> ApiRe
 /// The download links of `m`'s disks: one list per disk, a link per format
 /// the hub converts to while streaming.
 fn download_links(repo: &str, m: &MachineRow) -> String {
-    let mut s = format!("<h2>Download</h2><p>Version {}, converted as it downloads; every download can be resumed.</p><ul>", esc(&m.tag));
+    let mut s = format!("<h2>Download</h2><p>Version {}, converted as it downloads; every format but VMDK can be resumed.</p><ul>", esc(&m.tag));
     for (n, d) in m.disks.iter().enumerate() {
         let _ = write!(s, "<li>{} ({}):", esc(&d.name), esc(&human(d.size)));
         for f in crate::download::Format::all() {
