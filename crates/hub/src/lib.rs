@@ -14,6 +14,7 @@ mod browse;
 pub mod catalogue;
 pub mod db;
 pub mod digest;
+pub mod download;
 pub mod error;
 mod manifests;
 pub mod names;
@@ -218,7 +219,12 @@ impl Hub {
 
     /// The HTTP routes of the registry API.
     pub fn router(self: &Arc<Hub>) -> axum::Router {
-        api::router(self.clone())
+        // Disk downloads are answered before the registry and catalogue
+        // routes, whose `/m/` pages they extend.
+        api::router(self.clone()).layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            download::intercept,
+        ))
     }
 
     /// Serves the registry on `listener` until `shutdown` completes; requests

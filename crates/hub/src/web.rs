@@ -215,7 +215,29 @@ pub(crate) async fn machine(hub: &Hub, repo: &str, headers: &HeaderMap) -> ApiRe
     }
     body.push_str("</table>");
     body.push_str(&crate::browse::machine_link(repo, &latest.tag));
+    body.push_str(&download_links(repo, latest));
     Ok(page(StatusCode::OK, repo, &body))
+}
+
+/// The download links of `m`'s disks: one list per disk, a link per format
+/// the hub converts to while streaming.
+fn download_links(repo: &str, m: &MachineRow) -> String {
+    let mut s = format!("<h2>Download</h2><p>Version {}, converted as it downloads; every format but VMDK can be resumed.</p><ul>", esc(&m.tag));
+    for (n, d) in m.disks.iter().enumerate() {
+        let _ = write!(s, "<li>{} ({}):", esc(&d.name), esc(&human(d.size)));
+        for f in crate::download::Format::all() {
+            let href = crate::download::link(&url_part(repo), &url_part(&m.tag), n, f);
+            let _ = write!(
+                s,
+                " <a href=\"{}\" download>{}</a>",
+                esc(&href),
+                f.extension()
+            );
+        }
+        s.push_str("</li>");
+    }
+    s.push_str("</ul>");
+    s
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod io;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;
+pub mod stream;
 pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
