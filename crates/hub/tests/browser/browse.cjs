@@ -1,13 +1,12 @@
 // Drives a headless Chromium through the hub's pages, as a person would:
 // home page, search, machine page, the file browser down to /etc/os-release,
-// and (when VMHUB_BROWSER_DOWNLOAD=1) the VHD download link.
+// and the VHD download link.
 //
 // Run by crates/hub/tests/browser.rs, which passes:
 //   HUB_URL          the hub, http://127.0.0.1:PORT
 //   CHROMIUM         the browser binary
 //   EXPECT_TEXT      what /etc/os-release holds
 //   DOWNLOAD_TO      where to save the downloaded disk
-//   VMHUB_BROWSER_DOWNLOAD  1 to download the disk
 // and NODE_PATH pointing at the node_modules holding playwright-core.
 'use strict';
 
@@ -90,7 +89,7 @@ async function main() {
         await file.saveAs(path);
         check(fs.readFileSync(path, 'utf8') === expected, 'the downloaded file holds the same text');
 
-        if (process.env.VMHUB_BROWSER_DOWNLOAD === '1') {
+        {
             await page.goto(machinePage);
             const link = page.locator('a[href$=".vhd"]').first();
             const [disk] = await Promise.all([
