@@ -39,9 +39,15 @@ struct Hub {
 
 impl Hub {
     fn start(data: &Path) -> Hub {
+        Hub::start_with(data, &[])
+    }
+
+    /// A hub with more `vmhub serve` arguments.
+    fn start_with(data: &Path, extra: &[&str]) -> Hub {
         settings();
         let mut child = vmhub_command()
             .args(["serve", "--listen", "127.0.0.1:0", "--data", p(data)])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -191,6 +197,31 @@ fn serve_answers_and_stops_on_sigterm() {
     );
     hub.stop();
     assert!(dir.path().join("data/hub.db").exists());
+}
+
+/// A private hub challenges even the blob checks a push starts with, and
+/// for pull alone: the client must come back for a push token, not reuse
+/// the pull one.
+#[test]
+fn a_private_hub_takes_a_push_and_a_pull_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = mint(&data, "ann", &["push:acme"]);
+    let hub = Hub::start_with(&data, &["--private"]);
+    let disk = dir.path().join("disk.raw");
+    let image = make_disk(&disk, 4 << 20, 7);
+    let (lib1, lib2) = (dir.path().join("lib1"), dir.path().join("lib2"));
+    vmhub_ok(["import", p(&disk), "acme/box:1", "--home", p(&lib1)]);
+    let remote = format!("{}/acme/box:1", hub.addr);
+    // Anonymous pulls are refused by a private hub.
+    let out = vmhub(["pull", &remote, "--home", p(&lib2)]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let out = login(&hub.addr, "ann", &secret);
+    assert!(out.status.success(), "{}", describe(&out));
+    vmhub_ok(["push", "acme/box:1", &remote, "--home", p(&lib1)]);
+    vmhub_ok(["pull", &remote, "--home", p(&lib2)]);
+    assert_exports(&lib2, "acme/box:1", &image);
+    hub.stop();
 }
 
 #[test]

@@ -128,8 +128,18 @@ impl Client {
                     self.error(url, &result, "refused without a challenge vmhub can answer")
                 })?;
             let value = self.answer(&challenge, scope, url)?;
+            // A bearer token is good for the scope it was asked for, which is
+            // the challenge's when it names one (a registry answering a HEAD
+            // may ask for pull alone): it is kept under that scope, so that a
+            // later request needing more is challenged again, not refused.
+            let granted = match &challenge {
+                Challenge::Bearer {
+                    scope: Some(asked), ..
+                } => asked.as_str(),
+                _ => scope,
+            };
             if let Ok(mut a) = self.auth.lock() {
-                a.insert(scope.to_string(), value.clone());
+                a.insert(granted.to_string(), value.clone());
             }
             fresh = Some(value);
         }
