@@ -34,6 +34,32 @@ impl Digest {
         s
     }
 
+    /// Parses a digest as an OCI registry meets it: `sha256:<64 lowercase
+    /// hex>`. The grammar of the OCI image spec ("Digests": `algorithm ":"
+    /// encoded`, algorithm components `[a-z0-9]+` joined by `+._-`, encoded
+    /// `[a-zA-Z0-9=_-]+`) tells a well-formed digest of another algorithm
+    /// ([`DigestError::Unsupported`]) from junk ([`DigestError::Invalid`]).
+    pub fn parse(s: &str) -> std::result::Result<Digest, DigestError> {
+        let (alg, enc) = s.split_once(':').ok_or(DigestError::Invalid)?;
+        let alg_ok = !alg.is_empty()
+            && alg.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        let enc_ok = !enc.is_empty()
+            && enc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-');
+        if !alg_ok || !enc_ok {
+            return Err(DigestError::Invalid);
+        }
+        if alg != "sha256" {
+            return Err(DigestError::Unsupported);
+        }
+        Digest::from_hex(enc).ok_or(DigestError::Invalid)
+    }
+
     /// Parses the 64 hex digits of a SHA-256 digest (lowercase only, as OCI
     /// requires of the encoded part).
     pub fn from_hex(hex: &str) -> Option<Digest> {
@@ -49,6 +75,15 @@ impl Digest {
         }
         Some(Digest(out))
     }
+}
+
+/// Why a string is not a digest [`Digest::parse`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestError {
+    /// Not of the digest grammar at all, or a sha256 digest of the wrong form.
+    Invalid,
+    /// Of the digest grammar, with an algorithm other than sha256.
+    Unsupported,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -201,6 +236,24 @@ impl<'de> serde::Deserialize<'de> for ContentDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oci_digests_parse_and_foreign_ones_are_told_from_junk() {
+        let d = Digest::of(b"");
+        let s = d.to_string();
+        assert_eq!(
+            s,
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Digest::parse(&s), Ok(d));
+        assert_eq!(Digest::parse("sha256:abc"), Err(DigestError::Invalid));
+        assert_eq!(Digest::parse("nonsense"), Err(DigestError::Invalid));
+        assert_eq!(Digest::parse("sha256:../../etc"), Err(DigestError::Invalid));
+        let upper = format!("sha256:{}", "A".repeat(64));
+        assert_eq!(Digest::parse(&upper), Err(DigestError::Invalid));
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        assert_eq!(Digest::parse(&sha512), Err(DigestError::Unsupported));
+    }
 
     #[test]
     fn known_digest_round_trips() {
