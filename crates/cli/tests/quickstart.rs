@@ -15,7 +15,14 @@ fn workspace() -> PathBuf {
 
 /// The tools scripts/tiny-machine.sh builds the machine with.
 const TOOLS: &[&str] = &[
-    "syslinux", "mcopy", "mkfs.vfat", "mke2fs", "debugfs", "cpio", "sfdisk", "curl",
+    "syslinux",
+    "mcopy",
+    "mkfs.vfat",
+    "mke2fs",
+    "debugfs",
+    "cpio",
+    "sfdisk",
+    "curl",
 ];
 
 fn have(tool: &str) -> bool {
@@ -70,10 +77,12 @@ fn quickstart_publishes_a_machine_that_pulls_back_identical() {
     };
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     let err = std::fs::read_to_string(work.path().join("quickstart.err")).unwrap_or_default();
-    let status = status.unwrap_or_else(|| {
-        panic!("the quickstart did not finish within {limit:?}\n{out}\n{err}")
-    });
-    assert!(status.success(), "quickstart failed: {status}\n{out}\n{err}");
+    let status = status
+        .unwrap_or_else(|| panic!("the quickstart did not finish within {limit:?}\n{out}\n{err}"));
+    assert!(
+        status.success(),
+        "quickstart failed: {status}\n{out}\n{err}"
+    );
     assert!(
         out.contains("quickstart: ok") && out.contains("pulled disk identical"),
         "{out}\n{err}"
