@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod db;
 pub mod digest;
 pub mod error;
+pub mod gc;
 mod manifests;
 pub mod names;
 pub mod storage;
