@@ -46,7 +46,7 @@ die() { echo "quickstart: $*" >&2; exit 1; }
 
 # The tiny machine's build tools (mkfs and debugfs live in sbin).
 missing=()
-for tool in syslinux mcopy mkfs.vfat mke2fs debugfs cpio sfdisk curl; do
+for tool in syslinux mcopy mkfs.vfat mke2fs debugfs cpio sfdisk; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -119,8 +119,12 @@ key=$("$vmhub" key show)
 
 if $check; then
     say "checking the machine page and a pull"
-    page=$(curl -fsS --max-time 30 "http://$addr/m/demo/tiny") ||
-        die "http://$addr/m/demo/tiny did not answer"
+    # A plain HTTP/1.0 GET through bash's /dev/tcp: nothing more to install.
+    page=$(timeout 30 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"
+        printf "GET /m/demo/tiny HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3
+        cat <&3' _ "$addr") || die "http://$addr/m/demo/tiny did not answer"
+    head -n1 <<<"$page" | grep -q " 200 " ||
+        die "http://$addr/m/demo/tiny answered $(head -n1 <<<"$page")"
     grep -q "A tiny Linux machine" <<<"$page" ||
         die "http://$addr/m/demo/tiny does not show the machine's description"
     rm -rf "$work/pulled" "$work/pulled.raw"

@@ -138,7 +138,10 @@ fn unreferenced_blobs_and_idle_uploads_go_referenced_ones_stay() {
     let lone = c.push_blob("acme/box", b"lone blob");
     let a = c.send("DELETE", &format!("/v2/acme/box/blobs/{lone}"), &[], None);
     assert_eq!(a.status, 202);
-    assert_eq!(removed(&gc(data, Duration::ZERO, false)), vec![lone.clone()]);
+    assert_eq!(
+        removed(&gc(data, Duration::ZERO, false)),
+        vec![lone.clone()]
+    );
     // Pushed again after the collection, it is whole again.
     c.push_blob("acme/box", b"lone blob");
     let a = c.get(&format!("/v2/acme/box/blobs/{lone}"));
