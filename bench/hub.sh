@@ -20,7 +20,8 @@
 #    very same file, a hard link of the hub's blob, so both read it from the
 #    same page cache (read once before). The same client, `curl -o /dev/null`,
 #    downloads it REPS times from each, interleaved; the medians of curl's
-#    average speed and their ratio hub/nginx are printed (target >= 0.8).
+#    average speed and their ratio hub/nginx are printed (target >= 0.8),
+#    and the CPU time (user + system) each server process used per GiB sent.
 #
 # 2. A new version. v1 is a 1 GiB raw disk holding 384 MiB of data (48 runs of
 #    8 MiB: half random, half text-like and compressible) at seeded places;
@@ -140,6 +141,13 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+nginx_worker=$(pgrep -P "$nginx_pid" | head -n1)
+[ -n "$nginx_worker" ] || { echo "hub.sh: no nginx worker" >&2; exit 1; }
+# CPU time (user + system, clock ticks) a server process has used so far.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+hub_ticks=0
+nginx_ticks=0
 hub_url=http://$addr/v2/bench/blob/blobs/sha256:$hex
 nginx_url=http://127.0.0.1:$nginx_port/blob
 : >"$scratch/hub.speeds"
@@ -147,8 +155,12 @@ nginx_url=http://127.0.0.1:$nginx_port/blob
 for _ in $(seq 1 "$REPS"); do
     for who in hub nginx; do
         url=$hub_url
-        [ $who = nginx ] && url=$nginx_url
+        pid=$hub_pid
+        if [ $who = nginx ]; then url=$nginx_url; pid=$nginx_worker; fi
+        before=$(ticks "$pid")
         out=$(curl -sS -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' "$url")
+        used=$(($(ticks "$pid") - before))
+        if [ $who = hub ]; then hub_ticks=$((hub_ticks + used)); else nginx_ticks=$((nginx_ticks + used)); fi
         read -r code size speed <<<"$out"
         [ "$code" = 200 ] && [ "$size" = $((1024 * MiB)) ] ||
             { echo "hub.sh: $who answered $code with $size bytes" >&2; exit 1; }
@@ -161,6 +173,8 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 echo "hub    MiB/s, each run: $(while read -r s; do printf '%s ' "$(mib "$s")"; done <"$scratch/hub.speeds")  median $(mib "$hub_speed")"
 echo "nginx  MiB/s, each run: $(while read -r s; do printf '%s ' "$(mib "$s")"; done <"$scratch/nginx.speeds")  median $(mib "$nginx_speed")"
 awk -v h="$hub_speed" -v n="$nginx_speed" 'BEGIN { printf "hub/nginx throughput: %.2f (target >= 0.8)\n", h / n }'
+awk -v h="$hub_ticks" -v n="$nginx_ticks" -v hz="$hz" -v r="$REPS" \
+    'BEGIN { printf "server CPU per GiB sent: hub %.2f s, nginx %.2f s\n", h / hz / r, n / hz / r }'
 kill -TERM "$nginx_pid" && wait "$nginx_pid" 2>/dev/null || true
 nginx_pid=
 
