@@ -127,10 +127,16 @@ impl LocalStore {
     }
 }
 
+/// The size of each read of a blob being sent: every read is a trip to
+/// tokio's blocking pool, so fewer, larger reads cost less CPU per byte
+/// (1 MiB took 40 % less than 256 KiB; BENCHMARKS.md, "The hub"), for about
+/// that much memory per download under way.
+const READ_SIZE: usize = 1 << 20;
+
 fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
     Box::pin(tokio_util::io::ReaderStream::with_capacity(
         file.take(len),
-        256 * 1024,
+        READ_SIZE,
     ))
 }
 
