@@ -91,15 +91,18 @@ if [ "$port" != 0 ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     listen=127.0.0.1:0
 fi
 log=$work/serve.log
-: >"$log"
-"$vmhub" serve --data "$data" --listen "$listen" >"$log" 2>&1 &
-hub=$!
+start_hub() {
+    : >"$log"
+    "$vmhub" serve --data "$data" --listen "$listen" >"$log" 2>&1 &
+    hub=$!
+}
 stop_hub() {
     if kill -0 "$hub" 2>/dev/null; then
         kill -TERM "$hub" 2>/dev/null || true
         wait "$hub" 2>/dev/null || true
     fi
 }
+start_hub
 trap stop_hub EXIT
 
 # The hub prints its address once it listens.
@@ -107,7 +110,17 @@ addr=
 for _ in $(seq 1 300); do
     addr=$(sed -n 's|.*serving the hub on http://\([^ ]*\).*|\1|p' "$log" | head -n1)
     [ -n "$addr" ] && break
-    kill -0 "$hub" 2>/dev/null || { cat "$log" >&2; die "vmhub serve stopped"; }
+    if ! kill -0 "$hub" 2>/dev/null; then
+        # Taken between the check above and the hub's start: any free port.
+        if [ "$listen" != 127.0.0.1:0 ] && grep -q "cannot listen" "$log"; then
+            say "port $port is taken; using a free one"
+            listen=127.0.0.1:0
+            start_hub
+            continue
+        fi
+        cat "$log" >&2
+        die "vmhub serve stopped"
+    fi
     sleep 0.1
 done
 [ -n "$addr" ] || { cat "$log" >&2; die "vmhub serve did not start within 30 s"; }
