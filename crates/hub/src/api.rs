@@ -378,7 +378,7 @@ async fn token(hub: &Hub, headers: &axum::http::HeaderMap, query: &Query) -> Api
     }
     let requested = auth::requested(&query.all("scope"))?;
     let access = auth::grant(&principal, &requested, hub.private);
-    let token = auth::issue(&hub.key, principal.user(), access);
+    let token = auth::issue(&hub.key, &principal, access);
     let body = serde_json::json!({
         "token": token,
         "access_token": token,

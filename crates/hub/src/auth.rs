@@ -166,6 +166,10 @@ pub struct Claims {
     pub exp: u64,
     /// What it grants.
     pub access: Vec<Access>,
+    /// The SHA-256 (hex) of the publishing token it was traded for, so that
+    /// revoking that token ends it at once; empty for an anonymous token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tok: String,
 }
 
 /// The key bearer tokens are signed with.
@@ -249,8 +253,9 @@ impl TokenKey {
 pub(crate) enum Principal {
     /// No credentials (or an anonymous bearer token).
     Anonymous(Vec<Access>),
-    /// A user with a token's scopes (Basic credentials).
-    User(String, Vec<Scope>),
+    /// A user with a token's scopes (Basic credentials), and the hash of
+    /// the token's secret.
+    User(String, Vec<Scope>, String),
     /// A user with a bearer token's grants.
     Bearer(Vec<Access>),
 }
@@ -259,7 +264,7 @@ impl Principal {
     /// Whether the principal may do `action` on `repo`.
     pub(crate) fn allows(&self, repo: &str, action: Action) -> bool {
         match self {
-            Principal::User(_, scopes) => scopes.iter().any(|s| s.covers(repo, action)),
+            Principal::User(_, scopes, _) => scopes.iter().any(|s| s.covers(repo, action)),
             Principal::Anonymous(access) | Principal::Bearer(access) => access
                 .iter()
                 .any(|a| a.name == repo && a.actions.iter().any(|x| x == action.as_str())),
@@ -270,7 +275,7 @@ impl Principal {
     /// principal showed Basic credentials.
     pub(crate) fn user(&self) -> &str {
         match self {
-            Principal::User(u, _) => u,
+            Principal::User(u, _, _) => u,
             _ => "",
         }
     }
@@ -285,7 +290,9 @@ impl Principal {
 pub(crate) struct BadCredentials;
 
 /// Reads the `Authorization` header: none is anonymous; Basic credentials
-/// are checked against the token table; a bearer token against the key.
+/// are checked against the token table; a bearer token against the key,
+/// and a user's bearer token also against the token table, so that it dies
+/// with the publishing token it was traded for.
 pub(crate) async fn authenticate(
     meta: &dyn Metadata,
     key: &TokenKey,
@@ -317,6 +324,7 @@ pub(crate) async fn authenticate(
                     .split_whitespace()
                     .filter_map(|s| s.parse().ok())
                     .collect(),
+                secret_hash(&secret),
             )),
             _ => Err(BadCredentials),
         });
@@ -324,7 +332,19 @@ pub(crate) async fn authenticate(
     if scheme.eq_ignore_ascii_case("bearer") {
         return Ok(match key.verify(rest) {
             Some(c) if c.sub.is_empty() => Ok(Principal::Anonymous(c.access)),
-            Some(c) => Ok(Principal::Bearer(c.access)),
+            Some(c) => {
+                let live = !c.tok.is_empty()
+                    && meta
+                        .token(&c.tok)
+                        .await
+                        .map_err(|e| ApiError::internal("checking a token", e))?
+                        .is_some_and(|(owner, _)| owner == c.sub);
+                if live {
+                    Ok(Principal::Bearer(c.access))
+                } else {
+                    Err(BadCredentials)
+                }
+            }
             None => Err(BadCredentials),
         });
     }
@@ -477,13 +497,73 @@ pub(crate) fn grant(
     out
 }
 
-/// A bearer token for `sub` with `access`, valid for [`BEARER_LIFETIME`].
-pub(crate) fn issue(key: &TokenKey, sub: &str, access: Vec<Access>) -> String {
+/// A bearer token for `principal` with `access`, valid for
+/// [`BEARER_LIFETIME`] or until the publishing token behind it is revoked.
+pub(crate) fn issue(key: &TokenKey, principal: &Principal, access: Vec<Access>) -> String {
+    let tok = match principal {
+        Principal::User(_, _, hash) => hash.clone(),
+        _ => String::new(),
+    };
     key.sign(&Claims {
-        sub: sub.to_string(),
+        sub: principal.user().to_string(),
         exp: now().saturating_add(BEARER_LIFETIME),
         access,
+        tok,
     })
+}
+
+/// How many hex digits of a token's hash make its id.
+const ID_LEN: usize = 12;
+
+/// A publishing token as `vmhub serve --list-tokens` shows it: never its
+/// secret, nor the whole hash of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// A short id: the first hex digits of the hash of its secret.
+    pub id: String,
+    /// Its owner.
+    pub user: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// When it was minted, RFC 3339 UTC (empty if unknown).
+    pub created: String,
+}
+
+impl TokenInfo {
+    fn of(row: &crate::db::TokenRow) -> TokenInfo {
+        TokenInfo {
+            id: row.hash.get(..ID_LEN).unwrap_or(&row.hash).to_string(),
+            user: row.owner.clone(),
+            scopes: row.scopes.split_whitespace().map(str::to_string).collect(),
+            created: row.created.clone(),
+        }
+    }
+}
+
+impl crate::Hub {
+    /// Every publishing token, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, crate::db::DbError> {
+        let rows = self.meta.list_tokens().await?;
+        Ok(rows.iter().map(TokenInfo::of).collect())
+    }
+
+    /// Revokes the tokens of user `who`, or the token whose id (or a longer
+    /// prefix of its hash, at least [`ID_LEN`] hex digits) is `who`; returns
+    /// what was revoked, nothing when none matched. Basic credentials with
+    /// a revoked token are refused at once, and so are the bearer tokens
+    /// traded for it.
+    pub async fn revoke_tokens(&self, who: &str) -> Result<Vec<TokenInfo>, crate::db::DbError> {
+        let by_id = who.len() >= ID_LEN && who.bytes().all(|b| b.is_ascii_hexdigit());
+        let who_hex = who.to_ascii_lowercase();
+        let mut revoked = Vec::new();
+        for row in self.meta.list_tokens().await? {
+            let hit = row.owner == who || (by_id && row.hash.starts_with(&who_hex));
+            if hit && self.meta.delete_token(&row.hash).await? {
+                revoked.push(TokenInfo::of(&row));
+            }
+        }
+        Ok(revoked)
+    }
 }
 
 #[cfg(test)]
@@ -511,12 +591,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = TokenKey::load(dir.path()).unwrap();
         let again = TokenKey::load(dir.path()).unwrap();
-        let t = issue(&key, "ann", vec![]);
+        let ann = Principal::User("ann".into(), vec![], "ab".into());
+        let t = issue(&key, &ann, vec![]);
         assert_eq!(again.verify(&t).map(|c| c.sub), Some("ann".to_string()));
         let expired = key.sign(&Claims {
             sub: "ann".into(),
             exp: 1,
             access: vec![],
+            tok: String::new(),
         });
         assert!(key.verify(&expired).is_none());
         let (body, _) = t.split_once('.').unwrap();

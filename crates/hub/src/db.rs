@@ -131,6 +131,27 @@ pub trait Metadata: Send + Sync {
     async fn search(&self, term: &str, limit: u32) -> Result<Vec<MachineRow>>;
     /// The catalogue entries of `repo`, most recently pushed first.
     async fn machines(&self, repo: &str, limit: u32) -> Result<Vec<MachineRow>>;
+    /// Every publishing token, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRow>>;
+    /// Removes the token whose secret hashes to `hash`; false if absent.
+    async fn delete_token(&self, hash: &str) -> Result<bool>;
+    /// Every manifest of every repository, as (repository, digest).
+    async fn all_manifests(&self) -> Result<Vec<(String, String)>>;
+    /// Every blob link of every repository, as (repository, digest).
+    async fn all_blob_links(&self) -> Result<Vec<(String, String)>>;
+}
+
+/// A publishing token as the database keeps it (the secret itself is not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// The SHA-256 of its secret, hex.
+    pub hash: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its scopes, separated by spaces.
+    pub scopes: String,
+    /// When it was minted, RFC 3339 UTC (empty if unknown).
+    pub created: String,
 }
 
 /// Metadata in an SQL database.
@@ -162,7 +183,8 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (repo, tag))",
     "CREATE INDEX IF NOT EXISTS machines_seq ON machines (seq)",
     "CREATE TABLE IF NOT EXISTS tokens (
-        hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL)",
+        hash TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL,
+        created TEXT NOT NULL DEFAULT '')",
     "CREATE TABLE IF NOT EXISTS settings (
         name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
@@ -549,10 +571,11 @@ impl Metadata for SqlMetadata {
     }
 
     async fn create_token(&self, hash: &str, user: &str, scopes: &str) -> Result<()> {
-        sqlx::query("INSERT INTO tokens (hash, owner, scopes) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO tokens (hash, owner, scopes, created) VALUES ($1, $2, $3, $4)")
             .bind(hash)
             .bind(user)
             .bind(scopes)
+            .bind(crate::catalogue::now_rfc3339())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -629,6 +652,48 @@ impl Metadata for SqlMetadata {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(machine_row).collect()
+    }
+    async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows =
+            sqlx::query("SELECT hash, owner, scopes, created FROM tokens ORDER BY created, hash")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenRow {
+                    hash: r.try_get("hash")?,
+                    owner: r.try_get("owner")?,
+                    scopes: r.try_get("scopes")?,
+                    created: r.try_get("created")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_token(&self, hash: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn all_manifests(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT repo, digest FROM manifests")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("repo")?, r.try_get("digest")?)))
+            .collect()
+    }
+
+    async fn all_blob_links(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT repo, digest FROM repo_blobs")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("repo")?, r.try_get("digest")?)))
+            .collect()
     }
 }
 

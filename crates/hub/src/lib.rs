@@ -16,6 +16,7 @@ pub mod db;
 pub mod digest;
 pub mod download;
 pub mod error;
+pub mod gc;
 mod manifests;
 pub mod names;
 pub mod s3;

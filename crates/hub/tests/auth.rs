@@ -158,10 +158,13 @@ fn expired_and_forged_bearer_tokens_are_refused() {
         name: "acme/box".into(),
         actions: vec!["push".into(), "pull".into()],
     }];
+    // A user's bearer token names the publishing token it was traded for.
+    let tok = hub::digest::Digest::of(s.token.as_bytes()).hex();
     let claims = |exp| hub::auth::Claims {
-        sub: "ann".into(),
+        sub: "tester".into(),
         exp,
         access: access.clone(),
+        tok: tok.clone(),
     };
     let far = 4_000_000_000;
     // The hub's own key, in date: accepted.
@@ -181,18 +184,24 @@ fn expired_and_forged_bearer_tokens_are_refused() {
     let (_, sig) = good.split_once('.').expect("dot");
     let (body, _) = key
         .sign(&hub::auth::Claims {
-            sub: "ann".into(),
+            sub: "tester".into(),
             exp: far,
             access: vec![hub::auth::Access {
                 name: "victim/box".into(),
                 actions: vec!["push".into()],
             }],
+            tok: tok.clone(),
         })
         .split_once('.')
         .map(|(b, s)| (b.to_string(), s.to_string()))
         .expect("dot");
     let spliced = format!("{body}.{sig}");
-    for t in [expired, forged, spliced] {
+    // Well signed and in date, but naming no publishing token.
+    let orphan = key.sign(&hub::auth::Claims {
+        tok: String::new(),
+        ..claims(far)
+    });
+    for t in [expired, forged, spliced, orphan] {
         let c = Client::bearer(&s.base, &t);
         let a = c.send("POST", "/v2/acme/box/blobs/uploads/", &[], Some(b""));
         assert_eq!((a.status, a.code().as_str()), (401, "UNAUTHORIZED"), "{t}");
