@@ -38,6 +38,12 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// Bytes of the disk read at a time.
 const PIECE: u64 = 8 << 20;
 
+/// New blob bytes a worker writes between two nudges of the background sync.
+/// The import ends with a sync of everything (the new reference must not name
+/// blobs a crash could lose); syncing as the import goes makes most of that
+/// final sync happen while the workers still compress, instead of after them.
+const SYNC_EVERY: u64 = 32 << 20;
+
 /// What storing a disk did.
 #[derive(Clone, Debug)]
 pub struct Stored {
@@ -105,7 +111,16 @@ pub fn store_disk(
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 16);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::sync_channel::<Result<Done>>(workers * 16);
+    // One sync queued at most: a sync that starts later covers every write
+    // made before it, so nudges that find one queued are dropped. Errors are
+    // left to the caller's final sync, which reports them.
+    let (kick, kicks) = mpsc::sync_channel::<()>(1);
     std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for () in kicks {
+                let _ = blobs.sync();
+            }
+        });
         let runs = &runs;
         let cut_tx = done_tx.clone();
         scope.spawn(move || {
@@ -116,8 +131,10 @@ pub fn store_disk(
         for _ in 0..workers {
             let rx = Arc::clone(&job_rx);
             let tx = done_tx.clone();
-            scope.spawn(move || work(&rx, &tx, blobs, known, level));
+            let kick = kick.clone();
+            scope.spawn(move || work(&rx, &tx, blobs, known, level, &kick));
         }
+        drop(kick);
         drop(done_tx);
         collect(done_rx, disk.virtual_size(), chunking, total, progress)
     })
@@ -217,7 +234,9 @@ fn work(
     blobs: &Blobs,
     known: &HashMap<ContentDigest, ChunkRef>,
     level: i32,
+    kick: &mpsc::SyncSender<()>,
 ) {
+    let mut unsynced = 0u64;
     let mut compressor = match zstd::bulk::Compressor::new(level) {
         Ok(c) => c,
         Err(e) => {
@@ -252,6 +271,13 @@ fn work(
                             content,
                         };
                         let new = blobs.put_as(&blob, r.blob)?;
+                        if new {
+                            unsynced += r.size;
+                            if unsynced >= SYNC_EVERY {
+                                unsynced = 0;
+                                let _ = kick.try_send(());
+                            }
+                        }
                         Ok(Outcome::New(r, new))
                     }),
             }
