@@ -462,6 +462,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
             let options = vdisk::vhd::merge::MergeOptions {
                 into: into.as_deref(),
                 allow_orphans: force,
+                ..Default::default()
             };
             let m = vdisk::vhd::merge::merge_with(&child, options, &mut |d, t| bar.set(d, t))?;
             bar.finish();

@@ -24,7 +24,7 @@
 //! a digest its bytes do not have. Memory stays bounded by a few parts.
 
 use crate::digest::{Digest, Hasher};
-use crate::storage::{BlobStore, ByteStream, UploadWriter};
+use crate::storage::{BlobStore, ByteStream, StoredBlob, StoredUpload, UploadWriter};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -471,6 +471,69 @@ impl BlobStore for S3Store {
     async fn upload_delete(&self, id: &str) -> io::Result<()> {
         let dir = self.upload_dir(id)?;
         self.delete_prefix(&dir).await
+    }
+
+    async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>> {
+        let mut out = Vec::new();
+        let dir = self.key("blobs/sha256");
+        let mut list = self.s3.list(Some(&dir));
+        while let Some(meta) = list.next().await {
+            let meta = meta.map_err(|e| io_err("listing blobs", e))?;
+            // Only objects named as blobs are blobs; anything else under the
+            // prefix is not the store's to judge.
+            let Some(digest) = meta.location.filename().and_then(Digest::from_hex) else {
+                continue;
+            };
+            if meta.location != self.blob_key(&digest) {
+                continue;
+            }
+            out.push(StoredBlob {
+                digest,
+                size: meta.size,
+                modified: meta.last_modified.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete_blob(&self, d: &Digest) -> io::Result<bool> {
+        let key = self.blob_key(d);
+        if self.size(d).await?.is_none() {
+            return Ok(false);
+        }
+        match self.s3.delete(&key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(io_err(&format!("deleting {key}"), e)),
+        }
+    }
+
+    async fn list_uploads(&self) -> io::Result<Vec<StoredUpload>> {
+        // An upload is its folder of segments: its size is theirs summed, its
+        // time that of the newest.
+        let mut uploads: std::collections::BTreeMap<String, StoredUpload> = Default::default();
+        let dir = self.key("uploads");
+        let mut list = self.s3.list(Some(&dir));
+        while let Some(meta) = list.next().await {
+            let meta = meta.map_err(|e| io_err("listing uploads", e))?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let Some(id) = parts.len().checked_sub(2).and_then(|i| parts.get(i)) else {
+                continue;
+            };
+            let id = id.as_ref().to_string();
+            if check_id(&id).is_err() {
+                continue;
+            }
+            let modified: std::time::SystemTime = meta.last_modified.into();
+            let u = uploads.entry(id.clone()).or_insert(StoredUpload {
+                id,
+                size: 0,
+                modified,
+            });
+            u.size = u.size.saturating_add(meta.size);
+            u.modified = u.modified.max(modified);
+        }
+        Ok(uploads.into_values().collect())
     }
 }
 

@@ -423,3 +423,56 @@ fn a_missing_bucket_stops_the_hub_at_start() {
         "{e}"
     );
 }
+
+/// Garbage collection over the shared bucket: run by a third hub handle,
+/// it removes what no manifest names and an idle upload's segments, from
+/// S3, and what the manifest names still pulls through either hub.
+#[test]
+fn garbage_collection_works_on_s3() {
+    let Some((backend, dirs, a, b)) = two_hubs() else {
+        return;
+    };
+    let (ca, cb) = (a.client(), b.client());
+    let config = br#"{"name":"box"}"#.as_slice();
+    let layer = vec![4u8; 6000];
+    let stray = vec![5u8; 700];
+    for blob in [config, &layer] {
+        ca.push_blob("team/gc", blob);
+    }
+    let m = image_manifest(config, &[&layer], json!({}));
+    assert_eq!(
+        ca.push_manifest("team/gc", "v1", OCI_MANIFEST, &m).status,
+        201
+    );
+    let stray_d = cb.push_blob("team/gc", &stray);
+    let up = ca.send("POST", "/v2/team/gc/blobs/uploads/", &[], Some(b""));
+    let location = up.header("location").expect("location").to_string();
+    assert_eq!(
+        cb.send("PATCH", &location, &[], Some(&[7u8; 999])).status,
+        202
+    );
+
+    let report = runtime().block_on(async {
+        let hub = hub::Hub::open(&backend.config_at(&dirs.path().join("c")))
+            .await
+            .expect("a third hub");
+        hub.gc(&hub::gc::GcOptions {
+            grace: std::time::Duration::ZERO,
+            dry_run: false,
+        })
+        .await
+        .expect("gc")
+    });
+    let removed: Vec<String> = report.blobs.iter().map(|(d, _)| d.to_string()).collect();
+    assert_eq!(removed, vec![stray_d.clone()], "{report:?}");
+    assert_eq!(report.uploads.len(), 1, "{report:?}");
+    assert_eq!(report.bytes(), 700 + 999);
+    for c in [&ca, &cb] {
+        let gone = c.send("HEAD", &format!("/v2/team/gc/blobs/{stray_d}"), &[], None);
+        assert_eq!(gone.status, 404);
+        assert_eq!(c.get(&location).status, 404);
+        let got = c.get(&format!("/v2/team/gc/blobs/{}", digest(&layer)));
+        assert_eq!((got.status, got.body.as_slice()), (200, layer.as_slice()));
+        assert_eq!(c.get("/v2/team/gc/manifests/v1").body, m);
+    }
+}

@@ -149,7 +149,14 @@ fn crash_child_merger() {
     let (Ok(img), Ok(into)) = (std::env::var("CRASH_IMG"), std::env::var("CRASH_INTO")) else {
         return;
     };
-    vdisk::vhd::merge::merge(Path::new(&img), Some(Path::new(&into)), &mut |_, _| {}).unwrap();
+    // Merges into the parent give the child's blocks back as they go, so
+    // that kills land among those steps too.
+    let options = vdisk::vhd::merge::MergeOptions {
+        into: Some(Path::new(&into)),
+        release: vdisk::vhd::merge::Release::Always,
+        ..Default::default()
+    };
+    vdisk::vhd::merge::merge_with(Path::new(&img), options, &mut |_, _| {}).unwrap();
 }
 
 /// base ← mid ← top over `SIZE` bytes, each layer with data of its own in

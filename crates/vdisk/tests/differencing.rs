@@ -399,8 +399,8 @@ fn merge_refuses_to_orphan_siblings_unless_allowed() {
         "{e}"
     );
     let options = MergeOptions {
-        into: None,
         allow_orphans: true,
+        ..MergeOptions::default()
     };
     let m = merge_with(&top, options, &mut |_, _| {}).unwrap();
     assert_eq!(

@@ -7,15 +7,17 @@
 //! reads exactly as before: a crash at any point leaves it readable with the same
 //! contents, and running the merge again completes it.
 //!
-//! When the child is merged into its own parent, the child's blocks are
-//! given back as the copy goes: every [`RELEASE_EVERY`] bytes the parent is
-//! flushed (data, BAT and footer durable), and then the child's blocks wholly
-//! below what was copied are marked unused in its BAT (written and synced)
-//! and their space is punched out of the file. Reads of those sectors then
-//! fall through to the parent, which holds the same bytes, so the chain still
-//! reads the same at every point; and the space the child held is freed while
-//! the copy goes on (so a merge needs little room beyond the parent's growth,
-//! and removing the child at the end has little left to free).
+//! When the child is merged into its own parent on a filesystem without room
+//! for a second copy of its data (or when asked, [`Release`]), the child's
+//! blocks are given back as the copy goes: every [`RELEASE_EVERY`] bytes the
+//! parent is flushed (data, BAT and footer durable), and then the child's
+//! blocks wholly below what was copied are marked unused in its BAT (written
+//! and synced) and their space is punched out of the file. Reads of those
+//! sectors then fall through to the parent, which holds the same bytes, so
+//! the chain still reads the same at every point, and the merge needs little
+//! room beyond what the parent grows by. It costs time (the flushes, and the
+//! freeing competing with the copy for storage: a 512 MiB merge took 13 %
+//! longer, BENCHMARKS.md), so it is not done when there is room.
 //!
 //! Other differencing disks over the disks that change (siblings of the child,
 //! children of a disk between) would read other data afterwards, or lose their
@@ -57,6 +59,22 @@ pub struct MergeOptions<'a> {
     pub into: Option<&'a Path>,
     /// Merge even when other differencing disks depend on the disks that change.
     pub allow_orphans: bool,
+    /// Whether a child merged into its parent gives its space back as the
+    /// copy goes.
+    pub release: Release,
+}
+
+/// Whether a merge into the parent frees the child's blocks as it copies
+/// them (see the module's documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Release {
+    /// Only when the filesystem has less room free than the child's data.
+    #[default]
+    Auto,
+    /// Always (merges into the parent only).
+    Always,
+    /// Never: the child keeps its space until it is removed at the end.
+    Never,
 }
 
 /// Merges the differencing disk `child` into its parent, or into `into` (an
@@ -72,7 +90,7 @@ pub fn merge(
         child,
         MergeOptions {
             into,
-            allow_orphans: false,
+            ..MergeOptions::default()
         },
         progress,
     )
@@ -179,7 +197,12 @@ pub fn merge_with(
     // Only a child merged into its own parent gives blocks back early: with
     // disks between, a released sector would read the middle disk's older
     // data instead of the target's.
-    let releaser = if target_index == 1 {
+    let release = match options.release {
+        Release::Never => false,
+        Release::Always => true,
+        Release::Auto => short_of_room(&target_path, total),
+    };
+    let releaser = if target_index == 1 && release {
         Releaser::new(&top)?
     } else {
         None
@@ -282,6 +305,16 @@ pub fn merge_with(
         bytes: done,
         orphaned,
     })
+}
+
+/// Whether the filesystem holding `target` has less room free than `bytes`
+/// (with a tenth more for the target's metadata). Unknown counts as room.
+fn short_of_room(target: &Path, bytes: u64) -> bool {
+    let Ok(st) = rustix::fs::statvfs(target) else {
+        return false;
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    free < bytes.saturating_add(bytes / 10)
 }
 
 /// Gives a child's blocks back while it is merged into its parent (see the
