@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// The settings folder every vmhub run of these tests uses: its own signing
 /// key, made once.
@@ -31,50 +31,10 @@ fn settings() -> &'static Path {
     dir.path()
 }
 
-/// `vmhub serve` on a free port.
-struct Hub {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl Hub {
-    fn start(data: &Path) -> Hub {
-        Hub::start_with(data, &[])
-    }
-
-    /// A hub with more `vmhub serve` arguments.
-    fn start_with(data: &Path, extra: &[&str]) -> Hub {
-        settings();
-        let mut child = vmhub_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data", p(data)])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Hub {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    /// Stops the hub with SIGTERM; it must exit cleanly.
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        terminate(&child);
-        let status = child.wait().unwrap();
-        assert!(status.success(), "vmhub serve ended with {status}");
-    }
+/// `vmhub serve` on a free port, with this binary's settings folder.
+fn start_hub(data: &Path, extra: &[&str]) -> Served {
+    settings();
+    Served::start(data, extra)
 }
 
 /// Mints a token with `vmhub serve --create-token`; returns the secret.
@@ -113,20 +73,6 @@ fn login(addr: &str, user: &str, secret: &str) -> std::process::Output {
         .write_all(secret.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn terminate(child: &Child) {
-    let pid = rustix::process::Pid::from_child(child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&c);
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A plain HTTP/1.0 GET; returns the status line and the headers.
@@ -170,7 +116,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn serve_answers_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("data"));
+    let hub = start_hub(&dir.path().join("data"), &[]);
     // The base endpoint challenges anonymous clients.
     let answer = http_get(&hub.addr, "/v2/");
     assert!(
@@ -207,7 +153,7 @@ fn a_private_hub_takes_a_push_and_a_pull_with_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let secret = mint(&data, "ann", &["push:acme"]);
-    let hub = Hub::start_with(&data, &["--private"]);
+    let hub = start_hub(&data, &["--private"]);
     let disk = dir.path().join("disk.raw");
     let image = make_disk(&disk, 4 << 20, 7);
     let (lib1, lib2) = (dir.path().join("lib1"), dir.path().join("lib2"));
@@ -229,7 +175,7 @@ fn vmhub_push_and_pull_through_the_hub() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let secret = mint(&data, "ann", &["push:acme"]);
-    let hub = Hub::start(&data);
+    let hub = start_hub(&data, &[]);
     let disk = dir.path().join("disk.raw");
     let image = make_disk(&disk, 8 << 20, 1);
     let lib1 = dir.path().join("lib1");
@@ -319,7 +265,7 @@ fn vmhub_push_and_pull_through_the_hub() {
 
     // The hub keeps what it holds across a restart.
     hub.stop();
-    let hub = Hub::start(&dir.path().join("data"));
+    let hub = start_hub(&dir.path().join("data"), &[]);
     let lib3 = dir.path().join("lib3");
     vmhub_ok([
         "pull",
@@ -336,7 +282,7 @@ fn skopeo_copies_an_oci_layout_in_and_out() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let secret = mint(&data, "sky", &["push:mirror"]);
-    let hub = Hub::start(&data);
+    let hub = start_hub(&data, &[]);
     let disk = dir.path().join("disk.raw");
     let image = make_disk(&disk, 6 << 20, 2);
     let lib1 = dir.path().join("lib1");
@@ -421,7 +367,7 @@ fn oras_pushes_and_pulls() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let secret = mint(&data, "ora", &["push:art"]);
-    let hub = Hub::start(&data);
+    let hub = start_hub(&data, &[]);
     // scripts/deps.sh installs oras into this virtual environment.
     let venv = std::env::var("VMHUB_VENV")
         .unwrap_or_else(|_| format!("{}/.cache/vmhub-ci/venv", std::env::var("HOME").unwrap()));

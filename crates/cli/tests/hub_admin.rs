@@ -2,9 +2,13 @@
 //! `--revoke-token` against a running hub and `vmhub login`, and `--gc`
 //! with `--dry-run` and `--upload-ttl`.
 
-use std::io::{BufRead, BufReader, Write};
+#[allow(dead_code)]
+mod common;
+
+use common::Served;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 const VMHUB: &str = env!("CARGO_BIN_EXE_vmhub");
 
@@ -29,38 +33,6 @@ fn mint(data: &Path, user: &str, scope: &str) -> String {
     let out = vmhub(data, &["--create-token", user, "--scope", scope]);
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct Served(Child, String);
-
-impl Served {
-    fn start(data: &Path) -> Served {
-        let mut child = Command::new(VMHUB)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Served(child, addr)
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.0);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.0.wait();
-    }
 }
 
 fn login(config: &Path, addr: &str, user: &str, secret: &str) -> Output {
@@ -110,16 +82,16 @@ fn tokens_are_listed_without_secrets_and_revoked_at_once() {
         .unwrap()
         .to_string();
 
-    let hub = Served::start(&data);
-    let out = login(&config, &hub.1, "ann", &ann);
+    let hub = Served::start(&data, &[]);
+    let out = login(&config, &hub.addr, "ann", &ann);
     assert!(out.status.success(), "{}", text(&out));
     let out = vmhub(&data, &["--revoke-token", "ann"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("revoked token"), "{}", text(&out));
     // The running hub refuses it at once.
-    let out = login(&config, &hub.1, "ann", &ann);
+    let out = login(&config, &hub.addr, "ann", &ann);
     assert!(!out.status.success(), "{}", text(&out));
-    let out = login(&config, &hub.1, "bob", &bob);
+    let out = login(&config, &hub.addr, "bob", &bob);
     assert!(out.status.success(), "{}", text(&out));
     // By id; then nothing is left to revoke.
     let out = vmhub(&data, &["--revoke-token", &bob_id]);

@@ -6,60 +6,19 @@
 //! resume from the last chunk it acknowledged (the bytes the killed request
 //! left behind are dropped) and complete too.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[allow(dead_code)]
+mod common;
+
+use common::Served;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const VMHUB: &str = env!("CARGO_BIN_EXE_vmhub");
 const REPO: &str = "acme/crash";
 const CHUNK: usize = 2 << 20;
-
-/// `vmhub serve` on a free port of 127.0.0.1.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Served {
-    fn start(data: &Path) -> Served {
-        let mut child = Command::new(VMHUB)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Served { child, addr }
-    }
-
-    fn kill(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// An answer: status, headers (names in lower case) and body.
 struct Answer {
@@ -196,7 +155,7 @@ fn sigkill_in_a_patch_leaves_no_blob_and_the_upload_restarts() {
     let blob = seeded(3 * CHUNK, 7);
     let digest = hub::digest::Digest::of(&blob).to_string();
 
-    let mut hub = Served::start(&data);
+    let mut hub = Served::start(&data, &[]);
     let addr = hub.addr.clone();
     let a = request(
         &addr,
@@ -257,7 +216,7 @@ fn sigkill_in_a_patch_leaves_no_blob_and_the_upload_restarts() {
     drop(s);
     assert!(upload_bytes(&data) > (2 * CHUNK) as u64);
 
-    let hub = Served::start(&data);
+    let hub = Served::start(&data, &[]);
     let addr = hub.addr.clone();
     let blob_path = format!("/v2/{REPO}/blobs/{digest}");
     for method in ["HEAD", "GET"] {

@@ -11,9 +11,9 @@ mod peers;
 
 use common::*;
 use peers::{Backend, Blobs, Db};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 /// A settings folder with a signing key, and the environment every vmhub
 /// run gets: that folder and the S3 credentials.
@@ -34,48 +34,10 @@ fn settings(backend: &Backend) -> tempfile::TempDir {
 }
 
 /// `vmhub serve` over `backend`, with its own data folder.
-struct Serve {
-    child: Child,
-    addr: String,
-    line: String,
-}
-
-impl Serve {
-    fn start(backend: &Backend, data: &Path) -> Serve {
-        let mut child = vmhub_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data", p(data)])
-            .args(backend.serve_args())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Serve { child, addr, line }
-    }
-
-    /// Stops the hub with SIGTERM; it must exit cleanly.
-    fn stop(mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "vmhub serve ended with {status}");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(backend: &Backend, data: &Path) -> Served {
+    let args = backend.serve_args();
+    let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+    Served::start(data, &args)
 }
 
 #[test]
@@ -101,8 +63,8 @@ fn two_hub_processes_share_postgres_and_s3() {
     let secret = String::from_utf8(vmhub_ok(mint).stdout).unwrap();
     let secret = secret.trim();
 
-    let a = Serve::start(&backend, &data_a);
-    let b = Serve::start(&backend, &data_b);
+    let a = serve(&backend, &data_a);
+    let b = serve(&backend, &data_b);
     // The start line names the backends, never the database password.
     assert!(
         a.line.contains("database postgres://postgres:***@"),

@@ -428,3 +428,74 @@ pub fn p(path: &Path) -> &str {
     path.to_str()
         .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
 }
+
+/// `vmhub serve` run as a process on a free port of 127.0.0.1. Dropped while
+/// it still runs, it gets SIGTERM and is waited for.
+#[allow(dead_code)]
+pub struct Served {
+    /// The process.
+    pub child: std::process::Child,
+    /// `HOST:PORT` it listens on.
+    pub addr: String,
+    /// The first line it printed (the one with the address).
+    pub line: String,
+}
+
+#[allow(dead_code)]
+impl Served {
+    /// `vmhub serve --listen 127.0.0.1:0 --data DATA EXTRA…`.
+    pub fn start(data: &Path, extra: &[&str]) -> Served {
+        let mut cmd = vmhub_command();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data", p(data)])
+            .args(extra);
+        Served::spawn(cmd)
+    }
+
+    /// Runs `cmd`, a `vmhub serve` on port 0, and reads the address it prints.
+    pub fn spawn(mut cmd: Command) -> Served {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Served { child, addr, line }
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+
+    /// Stops it with SIGTERM; it must exit cleanly.
+    pub fn stop(mut self) {
+        self.signal(rustix::process::Signal::TERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "vmhub serve ended with {status}");
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(rustix::process::Signal::TERM);
+            let _ = self.child.wait();
+        }
+    }
+}

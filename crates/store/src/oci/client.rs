@@ -140,6 +140,13 @@ impl Client {
             };
             if let Ok(mut a) = self.auth.lock() {
                 a.insert(granted.to_string(), value.clone());
+                // Under this call's own scope too when the grant covers it
+                // ("push,pull" covers "pull,push"), so the next request of
+                // that scope sends it at once: a request with a body that
+                // went without would be refused before its body was read.
+                if granted != scope && scope_covers(granted, scope) {
+                    a.insert(scope.to_string(), value.clone());
+                }
             }
             fresh = Some(value);
         }
@@ -509,4 +516,42 @@ fn content_length(resp: &Response<ureq::Body>) -> Option<u64> {
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether the scopes `granted` (space-separated `TYPE:NAME:ACTIONS`, as in
+/// the token spec) include every action of every scope in `wanted`.
+fn scope_covers(granted: &str, wanted: &str) -> bool {
+    let split = |s: &str| -> Option<(String, Vec<String>)> {
+        let (resource, actions) = s.rsplit_once(':')?;
+        Some((
+            resource.to_string(),
+            actions.split(',').map(str::to_string).collect(),
+        ))
+    };
+    let granted: Vec<_> = granted.split_whitespace().filter_map(split).collect();
+    wanted.split_whitespace().all(|w| {
+        split(w).is_some_and(|(resource, actions)| {
+            granted
+                .iter()
+                .any(|(r, a)| *r == resource && actions.iter().all(|x| a.contains(x)))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scope_covers;
+
+    #[test]
+    fn scopes_cover_what_they_grant() {
+        let push = "repository:acme/box:pull,push";
+        assert!(scope_covers("repository:acme/box:push,pull", push));
+        assert!(scope_covers(push, "repository:acme/box:pull"));
+        assert!(!scope_covers("repository:acme/box:pull", push));
+        assert!(!scope_covers("repository:acme/other:pull,push", push));
+        let mount = "repository:acme/box:pull,push repository:acme/base:pull";
+        assert!(scope_covers(mount, push));
+        assert!(!scope_covers(push, mount));
+        assert!(!scope_covers("", push));
+    }
 }
