@@ -9,8 +9,8 @@
 use crate::vmdk::compress::deflate;
 use crate::vmdk::descriptor::new_text;
 use crate::vmdk::header::{
-    Marker, SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT,
-    GD_AT_END, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR,
+    SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END,
+    SECTOR,
 };
 use crate::vmdk::MAX_CAPACITY_SECTORS;
 use crate::{Error, Result};
@@ -129,54 +129,13 @@ impl VmdkEncoder {
     /// The file's last bytes: grain tables, grain directory, footer and
     /// end-of-stream marker.
     pub fn finish(self) -> Result<Vec<u8>> {
-        let per = u64::from(GTES_PER_GT);
-        let gd_entries = self.header.gd_entries() as usize;
-        let mut gd = vec![0u32; gd_entries];
-        let mut meta = Vec::new();
-        let pos = self.pos;
-        let sector_u32 = |s: u64| -> Result<u32> {
-            u32::try_from(s).map_err(|_| {
-                Error::InvalidArgument(
-                    "the VMDK image grew past the 2 TiB a grain directory entry can address".into(),
-                )
-            })
-        };
-        let mut i = 0;
-        while let Some(&(first, _)) = self.stored.get(i) {
-            let table = first / per;
-            let mut gt = vec![0u8; (per * 4) as usize];
-            while let Some(&(g, s)) = self.stored.get(i) {
-                if g / per != table {
-                    break;
-                }
-                let at = ((g % per) * 4) as usize;
-                if let Some(e) = gt.get_mut(at..at + 4) {
-                    e.copy_from_slice(&s.to_le_bytes());
-                }
-                i += 1;
-            }
-            meta.extend_from_slice(&Marker::metadata(MARKER_GT, per * 4 / SECTOR));
-            let gt_sector = (pos + meta.len() as u64) / SECTOR;
-            if let Some(e) = gd.get_mut(table as usize) {
-                *e = sector_u32(gt_sector)?;
-            }
-            meta.extend_from_slice(&gt);
-        }
-        let gd_bytes = pad_to_sector(gd_entries as u64 * 4);
-        meta.extend_from_slice(&Marker::metadata(MARKER_GD, gd_bytes / SECTOR));
-        let gd_sector = (pos + meta.len() as u64) / SECTOR;
-        let start = meta.len();
-        meta.extend(gd.iter().flat_map(|e| e.to_le_bytes()));
-        meta.resize(start + gd_bytes as usize, 0);
-        meta.extend_from_slice(&Marker::metadata(MARKER_FOOTER, 1));
-        let footer = SparseHeader {
-            gd_offset: gd_sector,
-            ..self.header.clone()
-        };
-        meta.extend_from_slice(&footer.encode());
-        // The end-of-stream marker: a sector of zeros.
-        meta.extend_from_slice(&[0u8; SECTOR as usize]);
-        Ok(meta)
+        let entries: Vec<(u64, u64)> = self
+            .stored
+            .iter()
+            .map(|&(g, s)| (g, u64::from(s)))
+            .collect();
+        crate::vmdk::stream::stream_tail(&self.header, &entries, self.pos)
+            .map_err(|why| Error::InvalidArgument(format!("the VMDK image grew past {why}")))
     }
 }
 

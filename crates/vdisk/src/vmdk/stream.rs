@@ -182,50 +182,9 @@ impl StreamWriter {
                 pos = self.put_grain(*g, data, pos)?;
             }
         }
-        let per = u64::from(GTES_PER_GT);
-        let gd_entries = self.header.gd_entries() as usize;
-        let mut gd = vec![0u32; gd_entries];
-        let mut meta = Vec::new();
-        let sector_u32 = |s: u64| -> Result<u32> {
-            u32::try_from(s).map_err(|_| {
-                Error::unsupported(
-                    &self.path,
-                    "VMDK: the image grew past the 2 TiB a grain table entry can address",
-                )
-            })
-        };
-        let mut i = 0;
-        while i < entries.len() {
-            let table = entries[i].0 / per;
-            let mut gt = vec![0u8; (per * 4) as usize];
-            while let Some(&(g, s)) = entries.get(i) {
-                if g / per != table {
-                    break;
-                }
-                let at = ((g % per) * 4) as usize;
-                gt[at..at + 4].copy_from_slice(&sector_u32(s)?.to_le_bytes());
-                i += 1;
-            }
-            meta.extend_from_slice(&Marker::metadata(MARKER_GT, per * 4 / SECTOR));
-            let gt_sector = (pos + meta.len() as u64) / SECTOR;
-            if let Some(e) = gd.get_mut(table as usize) {
-                *e = sector_u32(gt_sector)?;
-            }
-            meta.extend_from_slice(&gt);
-        }
-        let gd_bytes = pad_to_sector(gd_entries as u64 * 4);
-        meta.extend_from_slice(&Marker::metadata(MARKER_GD, gd_bytes / SECTOR));
-        let gd_sector = (pos + meta.len() as u64) / SECTOR;
-        let start = meta.len();
-        meta.extend(gd.iter().flat_map(|e| e.to_le_bytes()));
-        meta.resize(start + gd_bytes as usize, 0);
-        meta.extend_from_slice(&Marker::metadata(MARKER_FOOTER, 1));
-        let footer = SparseHeader {
-            gd_offset: gd_sector,
-            ..self.header.clone()
-        };
-        meta.extend_from_slice(&footer.encode());
-        meta.extend_from_slice(&[0u8; SECTOR as usize]); // end of stream
+        let meta = stream_tail(&self.header, &entries, pos).map_err(|why| {
+            Error::unsupported(&self.path, format!("VMDK: the image grew past {why}"))
+        })?;
         write_all_at(&self.file, &self.path, &meta, pos)?;
         self.file
             .set_len(pos + meta.len() as u64)
@@ -398,4 +357,57 @@ impl Disk for StreamWriter {
     fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The end of a stream-optimized VMDK whose grains (`entries`: grain number
+/// and the sector its marker starts at, in ascending grain order) end at byte
+/// `pos`: grain tables, grain directory, footer (a copy of `header` pointing
+/// at that directory) and end-of-stream marker, each after its marker. The
+/// error says what overflowed a 32-bit sector number.
+pub(crate) fn stream_tail(
+    header: &SparseHeader,
+    entries: &[(u64, u64)],
+    pos: u64,
+) -> std::result::Result<Vec<u8>, &'static str> {
+    let per = u64::from(GTES_PER_GT);
+    let mut gd = vec![0u32; header.gd_entries() as usize];
+    let mut meta = Vec::new();
+    let sector_u32 =
+        |s: u64| u32::try_from(s).map_err(|_| "the 2 TiB a grain table entry can address");
+    let mut i = 0;
+    while let Some(&(first, _)) = entries.get(i) {
+        let table = first / per;
+        let mut gt = vec![0u8; (per * 4) as usize];
+        while let Some(&(g, s)) = entries.get(i) {
+            if g / per != table {
+                break;
+            }
+            let at = ((g % per) * 4) as usize;
+            if let Some(e) = gt.get_mut(at..at + 4) {
+                e.copy_from_slice(&sector_u32(s)?.to_le_bytes());
+            }
+            i += 1;
+        }
+        meta.extend_from_slice(&Marker::metadata(MARKER_GT, per * 4 / SECTOR));
+        let gt_sector = (pos + meta.len() as u64) / SECTOR;
+        if let Some(e) = gd.get_mut(table as usize) {
+            *e = sector_u32(gt_sector)?;
+        }
+        meta.extend_from_slice(&gt);
+    }
+    let gd_bytes = pad_to_sector(gd.len() as u64 * 4);
+    meta.extend_from_slice(&Marker::metadata(MARKER_GD, gd_bytes / SECTOR));
+    let gd_sector = (pos + meta.len() as u64) / SECTOR;
+    let start = meta.len();
+    meta.extend(gd.iter().flat_map(|e| e.to_le_bytes()));
+    meta.resize(start + gd_bytes as usize, 0);
+    meta.extend_from_slice(&Marker::metadata(MARKER_FOOTER, 1));
+    let footer = SparseHeader {
+        gd_offset: gd_sector,
+        ..header.clone()
+    };
+    meta.extend_from_slice(&footer.encode());
+    // The end-of-stream marker: a sector of zeros.
+    meta.extend_from_slice(&[0u8; SECTOR as usize]);
+    Ok(meta)
 }
