@@ -1,7 +1,7 @@
 //! Making a new, empty qcow2 image: version 3, 16-bit refcounts, clusters of
 //! 64 KiB unless asked otherwise.
 
-use super::header::{Compression, Header, MAX_L1_BYTES, V3_HEADER_LEN};
+use super::header::Header;
 use super::{cluster_bits_for, refcount, Qcow2Disk};
 use crate::format::CreateOptions;
 use crate::io::write_all_at;
@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::Path;
 
 /// Refcount order of new images: 16-bit refcounts, as qemu-img makes.
-const REFCOUNT_ORDER: u32 = 4;
+const REFCOUNT_ORDER: u32 = super::header::NEW_REFCOUNT_ORDER;
 
 /// Makes an empty qcow2 image of `size` bytes in `file` (new and empty), and
 /// returns it open for writing, with notes on any size adjustment.
@@ -29,37 +29,9 @@ pub fn create(
             "size rounded up from {size} to {rounded} bytes (a whole number of sectors)"
         ));
     }
-    let mut h = Header {
-        version: 3,
-        backing_file_offset: 0,
-        backing_file_size: 0,
-        cluster_bits: cb,
-        size: rounded,
-        crypt_method: 0,
-        l1_size: 0,
-        l1_table_offset: 0,
-        refcount_table_offset: cs,
-        refcount_table_clusters: 1,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-        incompatible: 0,
-        compatible: 0,
-        autoclear: 0,
-        refcount_order: REFCOUNT_ORDER,
-        header_length: V3_HEADER_LEN as u32,
-        compression: Compression::Zlib,
-        backing_format: None,
-        feature_names: Vec::new(),
-        has_bitmaps: false,
-    };
-    let l1_size = h.l1_needed().max(1);
-    if l1_size * 8 > MAX_L1_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{}: {size} bytes is too large for a qcow2 image with {cs}-byte clusters",
-            path.display()
-        )));
-    }
-    h.l1_size = l1_size as u32;
+    let mut h = Header::new_v3(cb, rounded, 1)
+        .map_err(|why| Error::InvalidArgument(format!("{}: {why}", path.display())))?;
+    let l1_size = u64::from(h.l1_size);
     let l1_clusters = (l1_size * 8).div_ceil(cs);
     let rpb = refcount::entries_per_block(cb, REFCOUNT_ORDER);
     // Header, refcount table, refcount blocks, L1 table: the blocks must count

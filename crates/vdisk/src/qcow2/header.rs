@@ -16,6 +16,8 @@ pub const MIN_CLUSTER_BITS: u32 = 9;
 pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Largest L1 table qemu accepts, in bytes.
 pub const MAX_L1_BYTES: u64 = 32 << 20;
+/// The refcount width of images vmhub makes: 16 bits, as qemu-img makes them.
+pub const NEW_REFCOUNT_ORDER: u32 = 4;
 /// Largest refcount table qemu accepts, in bytes.
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Longest backing file name qemu accepts.
@@ -138,6 +140,50 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Header {
+    /// The header of a new, empty v3 image of `size` bytes (a whole number of
+    /// sectors) as vmhub makes one: no backing file, 16-bit refcounts, the
+    /// refcount table in cluster 1 (`refcount_table_clusters` long), and an L1
+    /// table big enough for the disk (placed by the caller). The error says
+    /// why the size does not fit.
+    pub fn new_v3(
+        cluster_bits: u32,
+        size: u64,
+        refcount_table_clusters: u32,
+    ) -> std::result::Result<Header, String> {
+        let cs = 1u64 << cluster_bits;
+        let mut h = Header {
+            version: 3,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits,
+            size,
+            crypt_method: 0,
+            l1_size: 0,
+            l1_table_offset: 0,
+            refcount_table_offset: cs,
+            refcount_table_clusters,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible: 0,
+            compatible: 0,
+            autoclear: 0,
+            refcount_order: NEW_REFCOUNT_ORDER,
+            header_length: V3_HEADER_LEN as u32,
+            compression: Compression::Zlib,
+            backing_format: None,
+            feature_names: Vec::new(),
+            has_bitmaps: false,
+        };
+        let l1_size = h.l1_needed().max(1);
+        if l1_size * 8 > MAX_L1_BYTES {
+            return Err(format!(
+                "{size} bytes is too large for a qcow2 image with {cs}-byte clusters"
+            ));
+        }
+        h.l1_size = u32::try_from(l1_size).map_err(|_| format!("{size} bytes is too large"))?;
+        Ok(h)
+    }
+
     /// Bytes per cluster.
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits

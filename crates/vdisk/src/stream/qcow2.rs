@@ -5,9 +5,7 @@
 //! carries the COPIED flag that says so.
 
 use super::{push_block, push_table, AllocMap, Layout, Segment};
-use crate::qcow2::header::{
-    Compression, Header, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LEN,
-};
+use crate::qcow2::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::qcow2::{l2, refcount};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use std::sync::Arc;
 /// 64 KiB clusters, as qemu-img and vmhub make.
 pub const DEFAULT_CLUSTER_BITS: u32 = 16;
 /// 16-bit refcounts, as qemu-img and vmhub make.
-const REFCOUNT_ORDER: u32 = 4;
+const REFCOUNT_ORDER: u32 = crate::qcow2::header::NEW_REFCOUNT_ORDER;
 
 /// The qcow2 image of a disk of `size` bytes whose data is `map`, in
 /// clusters of `1 << cluster_bits` bytes.
@@ -26,36 +24,9 @@ pub fn layout(size: u64, map: &AllocMap, cluster_bits: u32) -> Result<Layout> {
         )));
     }
     let cs = 1u64 << cluster_bits;
-    let mut h = Header {
-        version: 3,
-        backing_file_offset: 0,
-        backing_file_size: 0,
-        cluster_bits,
-        size: size.div_ceil(512) * 512,
-        crypt_method: 0,
-        l1_size: 0,
-        l1_table_offset: 0,
-        refcount_table_offset: cs,
-        refcount_table_clusters: 0,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-        incompatible: 0,
-        compatible: 0,
-        autoclear: 0,
-        refcount_order: REFCOUNT_ORDER,
-        header_length: V3_HEADER_LEN as u32,
-        compression: Compression::Zlib,
-        backing_format: None,
-        feature_names: Vec::new(),
-        has_bitmaps: false,
-    };
-    let l1_size = h.l1_needed().max(1);
-    if l1_size * 8 > MAX_L1_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{size} bytes is too large for a qcow2 image with {cs}-byte clusters"
-        )));
-    }
-    h.l1_size = l1_size as u32;
+    let mut h = Header::new_v3(cluster_bits, size.div_ceil(512) * 512, 0)
+        .map_err(Error::InvalidArgument)?;
+    let l1_size = u64::from(h.l1_size);
     let l1_clusters = (l1_size * 8).div_ceil(cs);
     let per_l2 = h.l2_entries();
     let data = map.blocks(cs);
