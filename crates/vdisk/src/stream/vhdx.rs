@@ -7,8 +7,7 @@ use crate::vhdx::bat::{self, Geometry};
 use crate::vhdx::create::DEFAULT_LOG_SIZE;
 use crate::vhdx::fields::{put, ZERO_GUID};
 use crate::vhdx::header::{
-    Header, Region, RegionTable, ALIGN, BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SECTION,
-    METADATA_REGION, REGION_OFFSETS,
+    Header, RegionTable, ALIGN, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SECTION, REGION_OFFSETS,
 };
 use crate::vhdx::metadata::{Metadata, MAX_BLOCK, MAX_SIZE, MIN_BLOCK};
 use crate::{Error, Result};
@@ -60,22 +59,7 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
         l.zeros_to(off);
         l.bytes(h.encode());
     }
-    let table = RegionTable {
-        regions: vec![
-            Region {
-                guid: BAT_REGION,
-                offset: bat_offset,
-                length: bat_len32,
-                required: true,
-            },
-            Region {
-                guid: METADATA_REGION,
-                offset: meta_offset,
-                length: METADATA_SIZE as u32,
-                required: true,
-            },
-        ],
-    };
+    let table = RegionTable::of_new_image(bat_offset, bat_len32, meta_offset, METADATA_SIZE as u32);
     for off in REGION_OFFSETS {
         l.zeros_to(off);
         l.bytes(table.encode());

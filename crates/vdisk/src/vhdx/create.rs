@@ -3,8 +3,7 @@
 use super::bat::{self, Geometry};
 use super::fields::{guid_text, new_guid, put, ZERO_GUID};
 use super::header::{
-    Header, Region, RegionTable, ALIGN, BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SECTION,
-    METADATA_REGION, REGION_OFFSETS,
+    Header, RegionTable, ALIGN, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SECTION, REGION_OFFSETS,
 };
 use super::metadata::{self, Metadata, ParentLocator, MAX_BLOCK, MAX_SIZE, MIN_BLOCK};
 use super::VhdxDisk;
@@ -95,22 +94,7 @@ pub fn write_new(file: &File, path: &Path, n: &NewVhdx) -> Result<()> {
         h.sequence += 1;
         write_all_at(file, path, &h.encode(), off)?;
     }
-    let table = RegionTable {
-        regions: vec![
-            Region {
-                guid: BAT_REGION,
-                offset: bat_offset,
-                length: bat_len32,
-                required: true,
-            },
-            Region {
-                guid: METADATA_REGION,
-                offset: meta_offset,
-                length: METADATA_SIZE as u32,
-                required: true,
-            },
-        ],
-    };
+    let table = RegionTable::of_new_image(bat_offset, bat_len32, meta_offset, METADATA_SIZE as u32);
     for off in REGION_OFFSETS {
         write_all_at(file, path, &table.encode(), off)?;
     }

@@ -169,6 +169,33 @@ pub struct RegionTable {
 }
 
 impl RegionTable {
+    /// The table of a new image, as vmhub lays one out: its BAT of
+    /// `bat_length` bytes at `bat_offset` and its metadata region of
+    /// `metadata_length` at `metadata_offset`, both required.
+    pub fn of_new_image(
+        bat_offset: u64,
+        bat_length: u32,
+        metadata_offset: u64,
+        metadata_length: u32,
+    ) -> RegionTable {
+        RegionTable {
+            regions: vec![
+                Region {
+                    guid: BAT_REGION,
+                    offset: bat_offset,
+                    length: bat_length,
+                    required: true,
+                },
+                Region {
+                    guid: METADATA_REGION,
+                    offset: metadata_offset,
+                    length: metadata_length,
+                    required: true,
+                },
+            ],
+        }
+    }
+
     /// Decodes a region table from its 64 KiB.
     pub fn decode(b: &[u8]) -> Result<RegionTable, String> {
         if b.len() < REGION_TABLE_SIZE {
