@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --workspace --release --locked
-cargo nextest run --workspace --release --locked --no-fail-fast
+# The `ci` profile (Cargo.toml): release optimisation without LTO.
+cargo build --workspace --profile ci --locked
+cargo nextest run --workspace --cargo-profile ci --locked --no-fail-fast
