@@ -8,25 +8,13 @@
 
 use crate::vmdk::compress::deflate;
 use crate::vmdk::descriptor::new_text;
-use crate::vmdk::header::{
-    SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END,
-    SECTOR,
-};
+use crate::vmdk::header::{SparseHeader, SECTOR};
 use crate::vmdk::MAX_CAPACITY_SECTORS;
 use crate::{Error, Result};
 
 /// The grain: 64 KiB, as VMware, QEMU and vmhub's writer use.
 pub const GRAIN: u64 = 64 << 10;
-/// Entries per grain table.
-const GTES_PER_GT: u32 = 512;
-/// Sectors reserved for the embedded descriptor.
-const DESCRIPTOR_SECTORS: u64 = 20;
-/// Sector of the first grain.
-const OVERHEAD_SECTORS: u64 = 128;
-
-fn pad_to_sector(n: u64) -> u64 {
-    n.div_ceil(SECTOR) * SECTOR
-}
+use crate::vmdk::stream::{pad_to_sector, stream_header, DESCRIPTOR_SECTORS, OVERHEAD_SECTORS};
 
 /// Encodes a stream-optimized VMDK in order: [`VmdkEncoder::start`] gives
 /// the head, [`VmdkEncoder::grain`] each stored grain, [`VmdkEncoder::finish`]
@@ -54,21 +42,7 @@ impl VmdkEncoder {
                 MAX_CAPACITY_SECTORS * SECTOR
             )));
         }
-        let header = SparseHeader {
-            version: 3,
-            flags: FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
-            capacity,
-            grain_size: GRAIN / SECTOR,
-            descriptor_offset: 1,
-            descriptor_size: DESCRIPTOR_SECTORS,
-            gtes_per_gt: GTES_PER_GT,
-            rgd_offset: 0,
-            gd_offset: GD_AT_END,
-            overhead: OVERHEAD_SECTORS,
-            unclean_shutdown: false,
-            newline_chars: *b"\n \r\n",
-            compress_algorithm: COMPRESS_DEFLATE,
-        };
+        let header = stream_header(capacity, GRAIN / SECTOR);
         let name = name.replace(['"', '\n', '\r'], "_");
         let mut desc = new_text("streamOptimized", &name, capacity, cid).into_bytes();
         if desc.len() as u64 > DESCRIPTOR_SECTORS * SECTOR {

@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 /// The default grain: 64 KiB, as VMware and QEMU use.
 pub const DEFAULT_GRAIN: u64 = 64 << 10;
 /// Entries per grain table.
-const GTES_PER_GT: u32 = 512;
+pub(crate) const GTES_PER_GT: u32 = 512;
 /// Sectors reserved for the embedded descriptor.
-const DESCRIPTOR_SECTORS: u64 = 20;
+pub(crate) const DESCRIPTOR_SECTORS: u64 = 20;
 /// Sector of the first grain: the header and descriptor fit before it.
-const OVERHEAD_SECTORS: u64 = 128;
+pub(crate) const OVERHEAD_SECTORS: u64 = 128;
 
 /// A stream-optimized VMDK being written.
 pub struct StreamWriter {
@@ -49,7 +49,7 @@ pub struct StreamWriter {
     dirty: bool,
 }
 
-fn pad_to_sector(n: u64) -> u64 {
+pub(crate) fn pad_to_sector(n: u64) -> u64 {
     n.div_ceil(SECTOR) * SECTOR
 }
 
@@ -92,21 +92,7 @@ impl StreamWriter {
                 super::MAX_CAPACITY_SECTORS * SECTOR
             )));
         }
-        let header = SparseHeader {
-            version: 3,
-            flags: FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
-            capacity,
-            grain_size: grain / SECTOR,
-            descriptor_offset: 1,
-            descriptor_size: DESCRIPTOR_SECTORS,
-            gtes_per_gt: GTES_PER_GT,
-            rgd_offset: 0,
-            gd_offset: GD_AT_END,
-            overhead: OVERHEAD_SECTORS,
-            unclean_shutdown: false,
-            newline_chars: *b"\n \r\n",
-            compress_algorithm: COMPRESS_DEFLATE,
-        };
+        let header = stream_header(capacity, grain / SECTOR);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().replace('"', "_"))
@@ -356,6 +342,27 @@ impl Disk for StreamWriter {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The header of a stream-optimized VMDK of `capacity` sectors in grains of
+/// `grain_sectors`, as vmhub writes one: compressed grains with markers, the
+/// grain directory at the end, the descriptor after the header.
+pub(crate) fn stream_header(capacity: u64, grain_sectors: u64) -> SparseHeader {
+    SparseHeader {
+        version: 3,
+        flags: FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
+        capacity,
+        grain_size: grain_sectors,
+        descriptor_offset: 1,
+        descriptor_size: DESCRIPTOR_SECTORS,
+        gtes_per_gt: GTES_PER_GT,
+        rgd_offset: 0,
+        gd_offset: GD_AT_END,
+        overhead: OVERHEAD_SECTORS,
+        unclean_shutdown: false,
+        newline_chars: *b"\n \r\n",
+        compress_algorithm: COMPRESS_DEFLATE,
     }
 }
 
