@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The settings folder every vmhub run of these tests uses: its own signing
 /// key, made once.
@@ -59,20 +59,7 @@ fn mint(data: &Path, user: &str, scopes: &[&str]) -> String {
 
 /// `vmhub login` to `addr` as `user` with `secret` on standard input.
 fn login(addr: &str, user: &str, secret: &str) -> std::process::Output {
-    let mut child = vmhub_command()
-        .args(["login", addr, "--username", user, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    login_with(vmhub_command(), addr, user, secret)
 }
 
 /// A plain HTTP/1.0 GET; returns the status line and the headers.

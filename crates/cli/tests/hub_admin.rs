@@ -6,9 +6,8 @@
 mod common;
 
 use common::Served;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const VMHUB: &str = env!("CARGO_BIN_EXE_vmhub");
 
@@ -36,21 +35,9 @@ fn mint(data: &Path, user: &str, scope: &str) -> String {
 }
 
 fn login(config: &Path, addr: &str, user: &str, secret: &str) -> Output {
-    let mut child = Command::new(VMHUB)
-        .args(["login", addr, "--username", user, "--password-stdin"])
-        .env("VMHUB_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(VMHUB);
+    cmd.env("VMHUB_CONFIG", config);
+    common::login_with(cmd, addr, user, secret)
 }
 
 #[test]

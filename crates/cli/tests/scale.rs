@@ -11,9 +11,7 @@ mod peers;
 
 use common::*;
 use peers::{Backend, Blobs, Db};
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 /// A settings folder with a signing key, and the environment every vmhub
 /// run gets: that folder and the S3 credentials.
@@ -74,20 +72,7 @@ fn two_hub_processes_share_postgres_and_s3() {
     assert!(a.line.contains("blobs in s3://vmhub-"), "{}", a.line);
 
     // Log in at B, push through A: B's token check reads the same table.
-    let mut login = vmhub_command()
-        .args(["login", &a.addr, "--username", "ann", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    login
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    let out = login.wait_with_output().unwrap();
+    let out = login_with(vmhub_command(), &a.addr, "ann", secret);
     assert!(out.status.success(), "{}", describe(&out));
 
     let disk = dir.path().join("disk.raw");

@@ -499,3 +499,25 @@ impl Drop for Served {
         }
     }
 }
+
+#[allow(dead_code)]
+/// Runs `cmd` (a vmhub command) as `vmhub login ADDR --username USER
+/// --password-stdin`, with `secret` on its standard input.
+pub fn login_with(mut cmd: Command, addr: &str, user: &str, secret: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .args(["login", addr, "--username", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
