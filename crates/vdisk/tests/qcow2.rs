@@ -2,6 +2,9 @@
 //! them, byte for byte, with the same allocation map; images vmhub makes and
 //! writes pass `qemu-img check` and read back in qemu as written.
 
+mod common;
+
+use common::Rng;
 use std::path::Path;
 use std::process::Command;
 use vdisk::{CreateOptions, Disk, ExtentKind, Format, OpenOptions};
@@ -427,20 +430,6 @@ fn refuses_what_it_cannot_read() {
         assert!(matches!(e, vdisk::Error::Unsupported { .. }), "{e}");
         let t = e.to_string();
         assert!(t.contains(word) && t.contains(s(img)), "{t}");
-    }
-}
-
-/// A small deterministic generator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

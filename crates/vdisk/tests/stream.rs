@@ -6,26 +6,13 @@
 
 mod common;
 
+use common::Rng;
+
 use common::run;
 use std::path::Path;
 use std::process::Command;
 use vdisk::stream::{self, AllocMap, Identity, Layout, StreamFormat};
 use vdisk::{Disk, OpenOptions};
-
-/// A small deterministic generator, so that a failure repeats.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A raw disk of `size` bytes with random runs of random bytes, written to
 /// `path`; returns the map of those runs.

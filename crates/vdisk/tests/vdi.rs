@@ -3,6 +3,8 @@
 //! that name the file.
 
 mod common;
+
+use common::Rng;
 #[allow(dead_code)]
 #[path = "corpus/exercise.rs"]
 mod exercise;
@@ -207,20 +209,6 @@ fn writes_into_qemu_images_read_back_in_qemu() {
         model[4 << 20..(4 << 20) + 4096].fill(0x44);
         let d = vdisk::open(&img, OpenOptions::default()).unwrap();
         assert!(read_all(d.as_ref()) == model);
-    }
-}
-
-/// A small deterministic generator (xorshift), so that a failure repeats.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
