@@ -9,27 +9,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
-
-/// The settings folder every vmhub run of these tests uses: its own signing
-/// key, made once.
-fn settings() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
-            .args(["key", "generate"])
-            .env("VMHUB_CONFIG", d.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        VMHUB_ENV
-            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
-            .unwrap();
-        d
-    });
-    dir.path()
-}
 
 /// `vmhub serve` on a free port, with this binary's settings folder.
 fn start_hub(data: &Path, extra: &[&str]) -> Served {
@@ -83,21 +62,6 @@ fn make_disk(path: &Path, size: usize, seed: u64) -> Vec<u8> {
     }
     std::fs::write(path, &image).unwrap();
     image
-}
-
-fn assert_exports(home: &Path, r: &str, image: &[u8]) {
-    let out = home.with_extension(format!("{}.raw", r.replace(['/', ':'], "_")));
-    vmhub_ok(["export", r, p(&out), "--home", p(home), "--force"]);
-    assert!(
-        std::fs::read(&out).unwrap() == image,
-        "{r}: exported disk differs"
-    );
-    std::fs::remove_file(out).unwrap();
-}
-
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(out)))
 }
 
 #[test]

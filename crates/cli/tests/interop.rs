@@ -5,6 +5,7 @@
 //! A missing peer fails the test rather than skipping it: a pass must mean the
 //! comparison was made.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeSet;

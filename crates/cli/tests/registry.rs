@@ -13,26 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The settings folder every vmhub run of these tests uses: its own signing
-/// key, trusted by itself, made once.
-fn settings() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
-            .args(["key", "generate"])
-            .env("VMHUB_CONFIG", d.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        VMHUB_ENV
-            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
-            .unwrap();
-        d
-    });
-    dir.path()
-}
-
 /// A docker-registry serving from a folder on a free 127.0.0.1 port.
 struct Registry {
     child: Child,
@@ -192,19 +172,6 @@ fn write_sparse(path: &Path, image: &[u8]) {
             f.write_all_at(block, i as u64 * MIB).unwrap();
         }
     }
-}
-
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(out)))
-}
-
-/// Exports `r` from library `home` as raw and checks it equals `image`.
-fn assert_exports(home: &Path, r: &str, image: &[u8]) {
-    let out = home.with_extension(format!("{}.raw", r.replace(['/', ':'], "_")));
-    vmhub_ok(["export", r, p(&out), "--home", p(home), "--force"]);
-    assert_file_equals(&out, image);
-    std::fs::remove_file(out).unwrap();
 }
 
 #[test]

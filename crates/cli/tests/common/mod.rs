@@ -521,3 +521,37 @@ pub fn login_with(mut cmd: Command, addr: &str, user: &str, secret: &str) -> Out
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A settings folder for every vmhub run of a test binary (through
+/// [`VMHUB_ENV`]): its own signing key, made once.
+pub fn settings() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
+            .args(["key", "generate"])
+            .env("VMHUB_CONFIG", d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        VMHUB_ENV
+            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
+            .unwrap();
+        d
+    });
+    dir.path()
+}
+
+/// The JSON a command printed.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(out)))
+}
+
+/// Exports `r` from library `home` as raw and checks it equals `image`.
+pub fn assert_exports(home: &Path, r: &str, image: &[u8]) {
+    let out = home.with_extension(format!("{}.raw", r.replace(['/', ':'], "_")));
+    vmhub_ok(["export", r, p(&out), "--home", p(home), "--force"]);
+    assert_file_equals(&out, image);
+    std::fs::remove_file(out).unwrap();
+}
