@@ -11,15 +11,43 @@ pub type Guid = [u8; 16];
 /// The all-zero GUID.
 pub const ZERO_GUID: Guid = [0; 16];
 
-/// Builds the on-disk form of the GUID written `d1-d2-d3-d4`.
-pub const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> Guid {
-    let a = d1.to_le_bytes();
-    let b = d2.to_le_bytes();
-    let c = d3.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5],
-        d4[6], d4[7],
-    ]
+/// Where the dashes of a GUID's text form are.
+const DASHES: [usize; 4] = [8, 13, 18, 23];
+
+/// The on-disk form of the GUID written `text`
+/// (`XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX`, as [MS-VHDX] prints them). For
+/// constants: text of another form stops the build. [`parse_guid`] takes
+/// text from elsewhere.
+pub const fn guid(text: &str) -> Guid {
+    let t = text.as_bytes();
+    assert!(t.len() == 36, "a GUID is written with 36 characters");
+    let mut pairs = [0u8; 16];
+    let (mut i, mut n) = (0, 0);
+    while i < t.len() {
+        let c = t[i];
+        if i == DASHES[0] || i == DASHES[1] || i == DASHES[2] || i == DASHES[3] {
+            assert!(c == b'-', "a GUID's groups are joined by dashes");
+        } else {
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'A'..=b'F' => c - b'A' + 10,
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => panic!("a GUID is written in hexadecimal digits"),
+            };
+            pairs[n / 2] = pairs[n / 2] << 4 | v;
+            n += 1;
+        }
+        i += 1;
+    }
+    // The first three groups are stored little-endian, the rest as written.
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    let mut g = [0u8; 16];
+    let mut k = 0;
+    while k < 16 {
+        g[k] = pairs[order[k]];
+        k += 1;
+    }
+    g
 }
 
 /// The usual text form of `g`, upper case, without braces.
@@ -36,20 +64,16 @@ pub fn guid_text(g: &Guid) -> String {
 /// Parses a GUID written as text, with or without braces, any case.
 pub fn parse_guid(s: &str) -> Option<Guid> {
     let s = s.trim().trim_start_matches('{').trim_end_matches('}');
-    let parts: Vec<&str> = s.split('-').collect();
-    let lens = [8usize, 4, 4, 4, 12];
-    if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
-        return None;
-    }
-    let d1 = u32::from_str_radix(parts[0], 16).ok()?;
-    let d2 = u16::from_str_radix(parts[1], 16).ok()?;
-    let d3 = u16::from_str_radix(parts[2], 16).ok()?;
-    let tail = format!("{}{}", parts[3], parts[4]);
-    let mut d4 = [0u8; 8];
-    for (i, b) in d4.iter_mut().enumerate() {
-        *b = u8::from_str_radix(tail.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(guid(d1, d2, d3, d4))
+    let well_formed = s.len() == 36
+        && s.bytes().enumerate().all(|(i, c)| {
+            if DASHES.contains(&i) {
+                c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    // `guid` accepts every text that passes this check.
+    well_formed.then(|| guid(s))
 }
 
 /// A new random (version 4) GUID.
@@ -156,15 +180,31 @@ mod tests {
 
     #[test]
     fn guid_text_round_trip() {
-        let g = guid(
-            0x2DC2_7766,
-            0xF623,
-            0x4200,
-            [0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08],
+        let g = guid("2DC27766-F623-4200-9D64-115E9BFD4A08");
+        assert_eq!(
+            g,
+            [
+                0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd,
+                0x4a, 0x08
+            ]
         );
-        assert_eq!(g[..4], [0x66, 0x77, 0xc2, 0x2d]);
         let t = guid_text(&g);
         assert_eq!(t, "2DC27766-F623-4200-9D64-115E9BFD4A08");
         assert_eq!(parse_guid(&format!("{{{}}}", t.to_lowercase())), Some(g));
+    }
+
+    #[test]
+    fn malformed_guid_text_is_refused() {
+        for bad in [
+            "",
+            "2DC27766-F623-4200-9D64-115E9BFD4A0",
+            "2DC27766-F623-4200-9D64-115E9BFD4A088",
+            "2DC27766F623-4200-9D64-115E9BFD4A08-",
+            "2DC27766-F623-4200-9D64-115E9BFD4A0G",
+            "2DC27766-F623-4200-9D64+115E9BFD4A08",
+            "2DC27766-F623-4200-9D64-115E9BFD4A0é",
+        ] {
+            assert_eq!(parse_guid(bad), None, "{bad:?}");
+        }
     }
 }

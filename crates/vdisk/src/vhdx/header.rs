@@ -26,19 +26,9 @@ const REGION_SIG: &[u8; 4] = b"regi";
 pub const MAX_REGIONS: u32 = 2047;
 
 /// The BAT region.
-pub const BAT_REGION: Guid = guid(
-    0x2DC2_7766,
-    0xF623,
-    0x4200,
-    [0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08],
-);
+pub const BAT_REGION: Guid = guid("2DC27766-F623-4200-9D64-115E9BFD4A08");
 /// The metadata region.
-pub const METADATA_REGION: Guid = guid(
-    0x8B7C_A206,
-    0x4790,
-    0x4B9A,
-    [0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E],
-);
+pub const METADATA_REGION: Guid = guid("8B7CA206-4790-4B9A-B8FE-575F050F886E");
 
 /// One of the two headers ([MS-VHDX] 2.2.2).
 #[derive(Clone, Debug, PartialEq, Eq)]

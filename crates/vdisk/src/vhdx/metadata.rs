@@ -9,54 +9,19 @@ pub const TABLE_SIZE: usize = 64 << 10;
 pub const MAX_ENTRIES: u16 = 2047;
 
 /// File parameters: block size, LeaveBlocksAllocated, HasParent.
-pub const FILE_PARAMETERS: Guid = guid(
-    0xCAA1_6737,
-    0xFA36,
-    0x4D43,
-    [0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B],
-);
+pub const FILE_PARAMETERS: Guid = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
 /// The virtual disk size.
-pub const VIRTUAL_DISK_SIZE: Guid = guid(
-    0x2FA5_4224,
-    0xCD1B,
-    0x4876,
-    [0xB2, 0x11, 0x5D, 0xBE, 0xD8, 0x3B, 0xF4, 0xB8],
-);
+pub const VIRTUAL_DISK_SIZE: Guid = guid("2FA54224-CD1B-4876-B211-5DBED83BF4B8");
 /// The SCSI page 83 id of the disk.
-pub const PAGE_83_DATA: Guid = guid(
-    0xBECA_12AB,
-    0xB2E6,
-    0x4523,
-    [0x93, 0xEF, 0xC3, 0x09, 0xE0, 0x00, 0xC7, 0x46],
-);
+pub const PAGE_83_DATA: Guid = guid("BECA12AB-B2E6-4523-93EF-C309E000C746");
 /// The logical sector size.
-pub const LOGICAL_SECTOR_SIZE: Guid = guid(
-    0x8141_BF1D,
-    0xA96F,
-    0x4709,
-    [0xBA, 0x47, 0xF2, 0x33, 0xA8, 0xFA, 0xAB, 0x5F],
-);
+pub const LOGICAL_SECTOR_SIZE: Guid = guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F");
 /// The physical sector size.
-pub const PHYSICAL_SECTOR_SIZE: Guid = guid(
-    0xCDA3_48C7,
-    0x445D,
-    0x4471,
-    [0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56],
-);
+pub const PHYSICAL_SECTOR_SIZE: Guid = guid("CDA348C7-445D-4471-9CC9-E9885251C556");
 /// The parent locator of a differencing disk.
-pub const PARENT_LOCATOR: Guid = guid(
-    0xA8D3_5F2D,
-    0xB30B,
-    0x454D,
-    [0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C],
-);
+pub const PARENT_LOCATOR: Guid = guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C");
 /// The locator type of a VHDX parent.
-pub const VHDX_PARENT_TYPE: Guid = guid(
-    0xB04A_EFB7,
-    0xD19E,
-    0x4A81,
-    [0xB7, 0x89, 0x25, 0xB8, 0xE9, 0x44, 0x59, 0x13],
-);
+pub const VHDX_PARENT_TYPE: Guid = guid("B04AEFB7-D19E-4A81-B789-25B8E9445913");
 
 /// Smallest and largest block sizes ([MS-VHDX] 2.6.2.1).
 pub const MIN_BLOCK: u64 = 1 << 20;
