@@ -11,6 +11,7 @@ use crate::api::Query;
 use crate::db::UploadRow;
 use crate::digest::{Digest, DigestError, Hasher};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::range::Requested;
 use crate::{Hub, UploadHash};
 use axum::body::Body;
 use axum::extract::Request;
@@ -54,38 +55,15 @@ pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> R
     r
 }
 
-/// A single byte range of a `Range: bytes=` header, resolved against `size`:
-/// `Ok(None)` when there is no usable header (the whole blob is sent),
-/// `Err` when it cannot be satisfied.
+/// A single byte range of a `Range: bytes=` header, resolved against `size`
+/// (last byte included): `Ok(None)` when there is no usable header (the
+/// whole blob is sent), `Err` when it cannot be satisfied or does not parse.
 fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        // Several ranges: a server may answer with the whole blob (RFC 9110, 14.2).
-        return Ok(None);
+    match crate::range::requested(headers, size) {
+        Requested::Whole => Ok(None),
+        Requested::Bytes(start, end) => Ok(Some((start, end - 1))),
+        Requested::Invalid | Requested::Unsatisfiable => Err(()),
     }
-    let (a, b) = spec.trim().split_once('-').ok_or(())?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| ());
-    let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
-        (false, false) => (num(a)?, num(b)?.min(size.saturating_sub(1))),
-        (false, true) => (num(a)?, size.saturating_sub(1)),
-        (true, false) => {
-            let n = num(b)?;
-            if n == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (true, true) => return Err(()),
-    };
-    if size == 0 || start >= size || start > end {
-        return Err(());
-    }
-    Ok(Some((start, end)))
 }
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.

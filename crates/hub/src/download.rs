@@ -20,6 +20,7 @@ use crate::auth::{self, Action, BadCredentials};
 use crate::blobs::{db_err, io_err, parse_digest};
 use crate::digest::Digest;
 use crate::error::{ApiError, ApiResult, Code};
+use crate::range::Requested;
 use crate::{names, Hub};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -337,47 +338,11 @@ async fn prepare(hub: &Hub, t: &Target<'_>, format: Format) -> ApiResult<Downloa
 /// `Ok(None)` for the whole file (no header, or one not understood, which
 /// RFC 9110 lets a server ignore), `Err(())` when unsatisfiable.
 fn range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        // Several ranges: the whole file is a valid answer.
-        return Ok(None);
+    match crate::range::requested(headers, len) {
+        Requested::Whole | Requested::Invalid => Ok(None),
+        Requested::Bytes(start, end) => Ok(Some((start, end))),
+        Requested::Unsatisfiable => Err(()),
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
-    let (start, end) = match (a.is_empty(), b.is_empty()) {
-        (false, _) => {
-            let Some(start) = parse(a) else {
-                return Ok(None);
-            };
-            let end = if b.is_empty() {
-                len
-            } else {
-                match parse(b) {
-                    Some(last) if last >= start => last.saturating_add(1).min(len),
-                    _ => return Ok(None),
-                }
-            };
-            (start, end)
-        }
-        (true, false) => match parse(b) {
-            Some(0) => return Err(()),
-            Some(n) => (len.saturating_sub(n), len),
-            None => return Ok(None),
-        },
-        (true, true) => return Ok(None),
-    };
-    if start >= len {
-        return Err(());
-    }
-    Ok(Some((start, end)))
 }
 
 async fn answer(

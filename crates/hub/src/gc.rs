@@ -123,14 +123,18 @@ fn references(v: &Value) -> Vec<String> {
 }
 
 impl Hub {
-    /// Marks as live every manifest of `manifests` not marked before, and
+    /// Marks as live every manifest stored now and not marked before, and
     /// what it references.
     async fn mark(
         &self,
-        manifests: Vec<(String, String)>,
         marked: &mut HashSet<(String, String)>,
         live: &mut HashSet<String>,
     ) -> Result<(), GcError> {
+        let manifests = self
+            .meta
+            .all_manifests()
+            .await
+            .map_err(db("listing manifests"))?;
         for (repo, digest) in manifests {
             if marked.contains(&(repo.clone(), digest.clone())) {
                 continue;
@@ -200,24 +204,14 @@ impl Hub {
             .map_err(store("listing blobs"))?;
         let mut live = HashSet::new();
         let mut marked = HashSet::new();
-        let manifests = self
-            .meta
-            .all_manifests()
-            .await
-            .map_err(db("listing manifests"))?;
-        self.mark(manifests, &mut marked, &mut live).await?;
+        self.mark(&mut marked, &mut live).await?;
         let unreferenced: Vec<StoredBlob> = blobs
             .into_iter()
             .filter(|b| !live.contains(&b.digest.to_string()))
             .collect();
 
         // Again, for what pushes did meanwhile.
-        let manifests = self
-            .meta
-            .all_manifests()
-            .await
-            .map_err(db("listing manifests"))?;
-        self.mark(manifests, &mut marked, &mut live).await?;
+        self.mark(&mut marked, &mut live).await?;
         let links_now = self
             .meta
             .all_blob_links()

@@ -19,6 +19,7 @@ pub mod error;
 pub mod gc;
 mod manifests;
 pub mod names;
+mod range;
 pub mod s3;
 pub mod storage;
 pub mod web;
