@@ -2,13 +2,9 @@
 //! the block map, padding to 1 MiB, then each allocated block in disk order.
 
 use super::{push_block, push_table, AllocMap, Identity, Layout};
-use crate::vdi::header::{self, Header, ImageType, HEADER_AREA, UNALLOCATED};
-use crate::vdi::MAX_BLOCKS;
+use crate::vdi::header::{Header, ImageType, HEADER_AREA, UNALLOCATED};
+use crate::vdi::{data_offset, DATA_ALIGN, MAX_BLOCKS};
 use crate::{Error, Result};
-
-/// Where the data area starts: the block map is padded to this, as vmhub's
-/// writer (and VirtualBox) align it.
-const DATA_ALIGN: u64 = 1 << 20;
 
 /// The dynamic VDI of a disk of `size` bytes whose data is `map`, in blocks
 /// of `block_size` bytes.
@@ -25,37 +21,21 @@ pub fn layout(size: u64, map: &AllocMap, id: &Identity, block_size: u64) -> Resu
             "{disk_size} bytes need {blocks} blocks of {block_size} bytes; a VDI image holds at most {MAX_BLOCKS}"
         )));
     }
-    let offset_blocks = HEADER_AREA as u64;
-    let offset_data = (offset_blocks + blocks * 4).div_ceil(DATA_ALIGN) * DATA_ALIGN;
+    let offset_data = data_offset(blocks);
     let used = map.blocks(block_size);
-    let mut text = [0u8; 64];
-    text[..header::TEXT.len()].copy_from_slice(header::TEXT);
-    let h = Header {
-        text,
-        signature: header::SIGNATURE,
-        version: header::VERSION_1_1,
-        header_size: header::HEADER_1_1_SIZE,
-        image_type: ImageType::Dynamic.code(),
-        flags: 0,
-        comment: [0u8; 256],
-        offset_blocks: offset_blocks as u32,
-        offset_data: u32::try_from(offset_data).map_err(|_| {
+    let h = Header::new_image(
+        ImageType::Dynamic,
+        disk_size,
+        block_size as u32,
+        blocks as u32,
+        used.len() as u32,
+        u32::try_from(offset_data).map_err(|_| {
             Error::InvalidArgument(format!(
                 "a VDI block map for {disk_size} bytes is too large"
             ))
         })?,
-        chs: [0; 3],
-        sector_size: header::SECTOR_SIZE,
-        disk_size,
-        block_size: block_size as u32,
-        block_extra: 0,
-        blocks: blocks as u32,
-        blocks_allocated: used.len() as u32,
-        uuid_image: id.id(4),
-        uuid_last_snap: id.id(5),
-        uuid_link: [0; 16],
-        uuid_parent: [0; 16],
-    };
+        [id.id(4), id.id(5)],
+    );
     let mut l = Layout::new();
     l.bytes(h.encode(&[0u8; HEADER_AREA]).to_vec());
     // Unallocated entries are all ones (UNALLOCATED).

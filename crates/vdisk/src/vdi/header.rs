@@ -133,6 +133,45 @@ fn uuid_at(b: &[u8; HEADER_AREA], at: usize) -> [u8; 16] {
 }
 
 impl Header {
+    /// The header of a new image of `disk_size` bytes (whole sectors) in
+    /// `blocks` blocks of `block_size` bytes, `allocated` of them with space
+    /// in the file: version 1.1, the block map right after the header area,
+    /// the data from `offset_data`, image ids `ids`.
+    pub fn new_image(
+        kind: ImageType,
+        disk_size: u64,
+        block_size: u32,
+        blocks: u32,
+        allocated: u32,
+        offset_data: u32,
+        ids: [[u8; 16]; 2],
+    ) -> Header {
+        let mut text = [0u8; 64];
+        text[..TEXT.len()].copy_from_slice(TEXT);
+        Header {
+            text,
+            signature: SIGNATURE,
+            version: VERSION_1_1,
+            header_size: HEADER_1_1_SIZE,
+            image_type: kind.code(),
+            flags: 0,
+            comment: [0u8; 256],
+            offset_blocks: HEADER_AREA as u32,
+            offset_data,
+            chs: [0; 3],
+            sector_size: SECTOR_SIZE,
+            disk_size,
+            block_size,
+            block_extra: 0,
+            blocks,
+            blocks_allocated: allocated,
+            uuid_image: ids[0],
+            uuid_last_snap: ids[1],
+            uuid_link: [0; 16],
+            uuid_parent: [0; 16],
+        }
+    }
+
     /// Reads the header from the first 512 bytes of a file. Every field is
     /// taken as it is; [`Header::problems`] says what is wrong with them.
     pub fn decode(b: &[u8; HEADER_AREA]) -> Header {

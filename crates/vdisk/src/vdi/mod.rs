@@ -40,7 +40,13 @@ pub const MAX_BLOCK_SIZE: u32 = 64 << 20;
 /// The most blocks accepted (a 256 MiB block map).
 pub const MAX_BLOCKS: u32 = 1 << 26;
 /// Where a new image's data area starts is rounded up to this, as VirtualBox does.
-const DATA_ALIGN: u64 = 1 << 20;
+pub(crate) const DATA_ALIGN: u64 = 1 << 20;
+
+/// Where the data of a new image of `blocks` blocks starts: after the header
+/// and the block map, rounded up to [`DATA_ALIGN`].
+pub(crate) fn data_offset(blocks: u64) -> u64 {
+    (HEADER_AREA as u64 + blocks * 4).div_ceil(DATA_ALIGN) * DATA_ALIGN
+}
 /// Problems `check` lists per structure at most.
 const MAX_LISTED: usize = 20;
 
@@ -468,41 +474,26 @@ pub(crate) fn create(
         ));
     }
     let offset_blocks = HEADER_AREA as u64;
-    let offset_data = (offset_blocks + blocks * 4).div_ceil(DATA_ALIGN) * DATA_ALIGN;
+    let offset_data = data_offset(blocks);
     let kind = match opts.image_type {
         crate::ImageType::Fixed => ImageType::Static,
         crate::ImageType::Dynamic => ImageType::Dynamic,
     };
-    let mut text = [0u8; 64];
-    text[..header::TEXT.len()].copy_from_slice(header::TEXT);
-    let h = Header {
-        text,
-        signature: header::SIGNATURE,
-        version: header::VERSION_1_1,
-        header_size: header::HEADER_1_1_SIZE,
-        image_type: kind.code(),
-        flags: 0,
-        comment: [0u8; 256],
-        offset_blocks: offset_blocks as u32,
-        offset_data: u32::try_from(offset_data).map_err(|_| {
-            Error::InvalidArgument(format!("{}: VDI block map too large", path.display()))
-        })?,
-        chs: [0; 3],
-        sector_size: header::SECTOR_SIZE,
+    let h = Header::new_image(
+        kind,
         disk_size,
-        block_size: block_size as u32,
-        block_extra: 0,
-        blocks: blocks as u32,
-        blocks_allocated: if kind == ImageType::Static {
+        block_size as u32,
+        blocks as u32,
+        if kind == ImageType::Static {
             blocks as u32
         } else {
             0
         },
-        uuid_image: new_uuid(path)?,
-        uuid_last_snap: new_uuid(path)?,
-        uuid_link: [0; 16],
-        uuid_parent: [0; 16],
-    };
+        u32::try_from(offset_data).map_err(|_| {
+            Error::InvalidArgument(format!("{}: VDI block map too large", path.display()))
+        })?,
+        [new_uuid(path)?, new_uuid(path)?],
+    );
     let map: Vec<u8> = (0..blocks as u32)
         .flat_map(|i| {
             if kind == ImageType::Static {
