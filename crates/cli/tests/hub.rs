@@ -19,21 +19,7 @@ fn start_hub(data: &Path, extra: &[&str]) -> Served {
 /// Mints a token with `vmhub serve --create-token`; returns the secret.
 fn mint(data: &Path, user: &str, scopes: &[&str]) -> String {
     settings();
-    let mut args = vec![
-        "serve".to_string(),
-        "--data".into(),
-        p(data).into(),
-        "--create-token".into(),
-        user.into(),
-    ];
-    for s in scopes {
-        args.push("--scope".into());
-        args.push(s.to_string());
-    }
-    let out = vmhub_ok(args);
-    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(secret.starts_with("vmhub_"), "{secret:?}");
-    secret
+    mint_token(data, user, scopes, &[])
 }
 
 /// `vmhub login` to `addr` as `user` with `secret` on standard input.

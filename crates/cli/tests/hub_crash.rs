@@ -13,10 +13,8 @@ use common::Served;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const VMHUB: &str = env!("CARGO_BIN_EXE_vmhub");
 const REPO: &str = "acme/crash";
 const CHUNK: usize = 2 << 20;
 
@@ -139,18 +137,7 @@ fn upload_bytes(data: &Path) -> u64 {
 fn sigkill_in_a_patch_leaves_no_blob_and_the_upload_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(VMHUB)
-        .args(["serve", "--data"])
-        .arg(&data)
-        .args(["--create-token", "ann", "--scope", "push:acme"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let secret = common::mint_token(&data, "ann", &["push:acme"], &[]);
     let auth = format!("Basic {}", b64(format!("ann:{secret}").as_bytes()));
     let blob = seeded(3 * CHUNK, 7);
     let digest = hub::digest::Digest::of(&blob).to_string();

@@ -48,18 +48,8 @@ fn two_hub_processes_share_postgres_and_s3() {
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
 
     // A token minted through A's command line lives in the shared database.
-    let mut mint = vec![
-        "serve".to_string(),
-        "--data".into(),
-        p(&data_a).into(),
-        "--create-token".into(),
-        "ann".into(),
-        "--scope".into(),
-        "push:acme".into(),
-    ];
-    mint.extend(backend.serve_args());
-    let secret = String::from_utf8(vmhub_ok(mint).stdout).unwrap();
-    let secret = secret.trim();
+    let secret = mint_token(&data_a, "ann", &["push:acme"], &backend.serve_args());
+    let secret = secret.as_str();
 
     let a = serve(&backend, &data_a);
     let b = serve(&backend, &data_b);

@@ -555,3 +555,25 @@ pub fn assert_exports(home: &Path, r: &str, image: &[u8]) {
     assert_file_equals(&out, image);
     std::fs::remove_file(out).unwrap();
 }
+
+/// Mints a token with `vmhub serve --data DATA --create-token USER`, a
+/// `--scope` per scope and the `extra` arguments (a database, say); returns
+/// the secret.
+pub fn mint_token(data: &Path, user: &str, scopes: &[&str], extra: &[String]) -> String {
+    let mut args = vec![
+        "serve".to_string(),
+        "--data".into(),
+        p(data).into(),
+        "--create-token".into(),
+        user.into(),
+    ];
+    for s in scopes {
+        args.push("--scope".into());
+        args.push(s.to_string());
+    }
+    args.extend_from_slice(extra);
+    let out = vmhub_ok(args);
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("vmhub_"), "{secret:?}");
+    secret
+}
