@@ -9,12 +9,14 @@
 use crate::vmdk::compress::deflate;
 use crate::vmdk::descriptor::new_text;
 use crate::vmdk::header::{SparseHeader, SECTOR};
+use crate::vmdk::stream::{
+    pad_to_sector, stream_header, DEFAULT_GRAIN, DESCRIPTOR_SECTORS, OVERHEAD_SECTORS,
+};
 use crate::vmdk::MAX_CAPACITY_SECTORS;
 use crate::{Error, Result};
 
-/// The grain: 64 KiB, as VMware, QEMU and vmhub's writer use.
-pub const GRAIN: u64 = 64 << 10;
-use crate::vmdk::stream::{pad_to_sector, stream_header, DESCRIPTOR_SECTORS, OVERHEAD_SECTORS};
+/// The grain: the file writer's default (64 KiB, as VMware and QEMU use).
+pub const GRAIN: u64 = DEFAULT_GRAIN;
 
 /// Encodes a stream-optimized VMDK in order: [`VmdkEncoder::start`] gives
 /// the head, [`VmdkEncoder::grain`] each stored grain, [`VmdkEncoder::finish`]
