@@ -464,7 +464,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
                 allow_orphans: force,
                 ..Default::default()
             };
-            let m = vdisk::vhd::merge::merge_with(&child, options, &mut |d, t| bar.set(d, t))?;
+            let m = vdisk::ops::merge::merge(&child, options, &mut |d, t| bar.set(d, t))?;
             bar.finish();
             for p in &m.orphaned {
                 eprintln!(

@@ -303,3 +303,107 @@ fn a_differencing_vhdx_reads_through_its_parent() {
     ]);
     assert!(!out.status.success(), "a VHD child of a VHDX was made");
 }
+
+/// A qcow2 chain of depth 2 made and written by qemu (data, a zeroed range,
+/// writes across cluster edges): `vmhub img merge` of the top into the base
+/// leaves what `qemu-img commit -b` leaves, checked by qemu-img.
+#[test]
+fn merging_a_qcow2_chain_matches_qemu_img_commit() {
+    let dir = tempdir();
+    let d = dir.path();
+    let size = 24u64 << 20;
+    let chain = |name: &str| {
+        let base = d.join(format!("{name}-base.qcow2"));
+        let mid = d.join(format!("{name}-mid.qcow2"));
+        let top = d.join(format!("{name}-top.qcow2"));
+        peer_ok(
+            "qemu-img",
+            ["create", "-q", "-f", "qcow2", p(&base), &size.to_string()],
+        );
+        for (child, parent) in [(&mid, &base), (&top, &mid)] {
+            let parent_name = parent.file_name().unwrap().to_str().unwrap();
+            peer_ok(
+                "qemu-img",
+                [
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    parent_name,
+                    "-F",
+                    "qcow2",
+                    p(child),
+                ],
+            );
+        }
+        let io = |img: &Path, cmds: &[&str]| {
+            let mut args = vec!["-f", "qcow2"];
+            for c in cmds {
+                args.extend(["-c", c]);
+            }
+            args.push(p(img));
+            peer_ok("qemu-io", args);
+        };
+        io(&base, &["write -P 0x11 0 8M", "write -P 0x12 16M 4M"]);
+        io(&mid, &["write -P 0x21 1000448 3M", "write -z 17M 1M"]);
+        io(
+            &top,
+            &[
+                "write -P 0x31 4096 12288",
+                "write -P 0x32 7M 2M",
+                "write -z 18M 512K",
+                "write -P 0x33 23M 1M",
+            ],
+        );
+        (base, top)
+    };
+    let (base, top) = chain("vmhub");
+    let (qbase, qtop) = chain("qemu");
+    let before = d.join("before.raw");
+    peer_ok(
+        "qemu-img",
+        ["convert", "-f", "qcow2", "-O", "raw", p(&top), p(&before)],
+    );
+
+    let out = vmhub_ok(["img", "merge", p(&top), "--into", p(&base)]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Merged"),
+        "{}",
+        describe(&out)
+    );
+    peer_ok("qemu-img", ["commit", "-q", "-b", p(&qbase), p(&qtop)]);
+    assert!(!top.exists() && !d.join("vmhub-mid.qcow2").exists());
+    peer_ok("qemu-img", ["check", "-f", "qcow2", p(&base)]);
+    assert_qemu_equal("qcow2", &base, "raw", &before);
+    assert_qemu_equal("qcow2", &base, "qcow2", &qbase);
+    let report = vmhub_ok(["img", "check", p(&base)]);
+    assert!(report.status.success(), "{}", describe(&report));
+}
+
+/// Compact, resize and relink work on VHDs only: other formats get an error
+/// that names the file and its format, and the file is left as it was.
+#[test]
+fn vhd_only_commands_name_the_format_they_refuse() {
+    let dir = tempdir();
+    let img = dir.path().join("disk.vhdx");
+    vmhub_ok(["img", "create", p(&img), "16M"]);
+    let child = dir.path().join("child.vhdx");
+    vmhub_ok(["img", "create", p(&child), "--parent", p(&img)]);
+    let bytes = std::fs::read(&img).unwrap();
+    for args in [
+        vec!["img", "compact", p(&img)],
+        vec!["img", "resize", p(&img), "32M"],
+        vec!["img", "relink", p(&child), p(&img)],
+    ] {
+        let out = vmhub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?} succeeded");
+        assert!(
+            err.contains("vhdx images is not supported"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(".vhdx"), "{args:?}: {err}");
+    }
+    assert!(std::fs::read(&img).unwrap() == bytes);
+}

@@ -296,6 +296,22 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
     crate::vhd::relink::relink(child, parent, force)
 }
 
+/// Fails unless `path` is a VHD: `doing` ("compacting", …) is done to VHDs
+/// only; `instead` says what to do with other formats.
+pub(crate) fn require_vhd(path: &Path, doing: &str, instead: &str) -> Result<()> {
+    let file = open_file(path, false)?;
+    match sniff_file(&file, path)? {
+        Format::Vhd => Ok(()),
+        other => Err(Error::unsupported(
+            path,
+            format!(
+                "{doing} {} images is not supported, only VHD; {instead}",
+                other.name()
+            ),
+        )),
+    }
+}
+
 /// Fails when `path` exists and may not be replaced.
 pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {

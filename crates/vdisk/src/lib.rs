@@ -110,6 +110,15 @@ pub trait Disk: Send + Sync {
     /// How `[offset, offset+len)` is stored, as ordered extents that cover it exactly.
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
 
+    /// How this image alone stores `[offset, offset+len)`: as [`Disk::map`],
+    /// except that what a differencing image leaves to its parent is
+    /// `Unallocated` rather than the parent's extents. `Data` and `Zero` are
+    /// the ranges the image holds itself, hiding its parent's. The default is
+    /// `map`, right for every image without a parent.
+    fn own_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map(offset, len)
+    }
+
     /// A description of the image for `img info`.
     fn info(&self) -> Result<ImageInfo>;
 

@@ -981,3 +981,74 @@ fn a_vhdx_child_over_a_vhd_or_raw_parent() {
         );
     }
 }
+
+#[test]
+fn merging_a_vhdx_chain_leaves_a_disk_qemu_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 48 << 20;
+    let base = dir.path().join("base.vhdx");
+    vdisk::create(
+        &base,
+        size,
+        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
+        false,
+    )
+    .unwrap();
+    let mut expect = vec![0u8; size as usize];
+    let base_writes = scattered(size);
+    {
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        write_pattern(&mut *d, &base_writes);
+        d.flush().unwrap();
+    }
+    apply(&mut expect, &base_writes);
+    let base_guid = info_of(&*vdisk::open(&base, OpenOptions::default()).unwrap()).data_write_guid;
+
+    // A child with data over and between the base's, a sibling made beside it.
+    let child = dir.path().join("child.avhdx");
+    let child_writes: Vec<(u64, u64, u8)> = (0..40u64)
+        .map(|i| {
+            (
+                (i * 1_181_000 / 512 * 512) % (size - 70_000),
+                3_000 + (i % 7) * 9_728,
+                0x80 | i as u8,
+            )
+        })
+        .collect();
+    {
+        let mut d = new_child(&child, &base);
+        write_pattern(&mut *d, &child_writes);
+        d.flush().unwrap();
+    }
+    apply(&mut expect, &child_writes);
+    let sibling = dir.path().join("sibling.vhdx");
+    drop(new_child(&sibling, &base));
+    let expect_raw = raw_file(dir.path(), "expect.raw", &expect);
+    assert!(vmhub_read(&child) == expect);
+
+    // The sibling would read the merged data: refused, naming it.
+    let no = vdisk::ops::merge::merge(&child, Default::default(), &mut |_, _| {}).unwrap_err();
+    assert!(no.to_string().contains("sibling.vhdx"), "{no}");
+    assert!(child.exists());
+    std::fs::remove_file(&sibling).unwrap();
+
+    let mut last = (0, 0);
+    let m =
+        vdisk::ops::merge::merge(&child, Default::default(), &mut |d, t| last = (d, t)).unwrap();
+    assert_eq!(
+        m.removed,
+        vec![std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("child.avhdx")]
+    );
+    assert!(!child.exists());
+    assert_eq!(last.0, last.1);
+    assert!(m.bytes > 0 && m.bytes <= size);
+    qemu_check(&base);
+    qemu_compare(&base, &expect_raw);
+    assert!(vdisk::check(&base).unwrap().clean);
+    // Its data changed, so its DataWriteGuid did too: a child made before
+    // the merge no longer takes it for its parent.
+    let after = info_of(&*vdisk::open(&base, OpenOptions::default()).unwrap()).data_write_guid;
+    assert_ne!(after, base_guid);
+}

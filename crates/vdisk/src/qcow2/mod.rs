@@ -607,8 +607,34 @@ impl Qcow2Disk {
         Ok(())
     }
 
-    fn map_backing(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
-        crate::map_parent(self.backing.as_deref(), out, offset, len)
+    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
+    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
+        check_range(&self.path, offset, len, self.header.size)?;
+        let mut out = Vec::new();
+        for p in self.pieces(offset, len)? {
+            let kind = match p.source {
+                Source::Host(_) | Source::Compressed { .. } => ExtentKind::Data,
+                Source::Zero => ExtentKind::Zero,
+                Source::Backing => {
+                    self.map_backing(&mut out, p.guest, p.len, own)?;
+                    continue;
+                }
+            };
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: p.guest,
+                    length: p.len,
+                    kind,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn map_backing(&self, out: &mut Vec<Extent>, offset: u64, len: u64, own: bool) -> Result<()> {
+        let backing = if own { None } else { self.backing.as_deref() };
+        crate::map_parent(backing, out, offset, len)
     }
 
     /// Counts data, compressed and zero guest clusters by walking every L2 table.
@@ -758,27 +784,11 @@ impl Disk for Qcow2Disk {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(&self.path, offset, len, self.header.size)?;
-        let mut out = Vec::new();
-        for p in self.pieces(offset, len)? {
-            let kind = match p.source {
-                Source::Host(_) | Source::Compressed { .. } => ExtentKind::Data,
-                Source::Zero => ExtentKind::Zero,
-                Source::Backing => {
-                    self.map_backing(&mut out, p.guest, p.len)?;
-                    continue;
-                }
-            };
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: p.guest,
-                    length: p.len,
-                    kind,
-                },
-            );
-        }
-        Ok(out)
+        self.map_layers(offset, len, false)
+    }
+
+    fn own_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map_layers(offset, len, true)
     }
 
     fn info(&self) -> Result<ImageInfo> {

@@ -47,6 +47,11 @@ pub fn compact_with(
     free: &[(u64, u64)],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Compacted> {
+    crate::format::require_vhd(
+        path,
+        "compacting",
+        "`vmhub img convert` writes a copy without the unused blocks",
+    )?;
     let free = sectors_within(free);
     let src = VhdDisk::open(path, false)?;
     let (Some(old), Some(block_size)) = (src.dynamic_header(), src.block_size()) else {

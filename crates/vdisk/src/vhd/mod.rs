@@ -589,10 +589,11 @@ impl Dynamic {
         Ok(())
     }
 
-    /// How the parent stores `[offset, offset+len)`: unallocated without one or
-    /// past its end.
-    fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
-        crate::map_parent(self.parent.as_deref(), out, offset, len)
+    /// How the parent stores `[offset, offset+len)`: unallocated without one,
+    /// past its end, or when only this disk's own extents are asked for.
+    fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64, own: bool) -> Result<()> {
+        let parent = if own { None } else { self.parent.as_deref() };
+        crate::map_parent(parent, out, offset, len)
     }
 
     /// Places block `block` at the end of the file and writes the footer after
@@ -641,6 +642,64 @@ impl Dynamic {
         }
         self.footer_pos = end;
         Ok(pos + self.bitmap_size)
+    }
+}
+
+impl VhdDisk {
+    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
+    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
+        check_range(&self.path, offset, len, self.virtual_size)?;
+        let mut out = Vec::new();
+        match &self.layout {
+            Layout::Fixed => push_file_extents(&mut out, &self.file, offset, len, offset),
+            Layout::Dynamic(d) => {
+                let file_size = file_len(&self.file, &self.path)?;
+                for p in pieces(offset, len, d.block_size) {
+                    let guest = offset + p.at;
+                    let Some(b) = d.bat.block_offset(p.block) else {
+                        // Nothing here: the parent's, or unallocated.
+                        d.map_parent(&mut out, guest, p.len, own)?;
+                        continue;
+                    };
+                    let start = b + d.bitmap_size + p.within;
+                    if start + p.len > file_size {
+                        // Past the end of the file: reading it reports the damage.
+                        push_extent(
+                            &mut out,
+                            Extent {
+                                offset: guest,
+                                length: p.len,
+                                kind: ExtentKind::Data,
+                            },
+                        );
+                        continue;
+                    }
+                    if d.parent.is_none() {
+                        // Holes inside a block's data in the host file read as
+                        // zeros: saying so spares readers of sparse VHDs from
+                        // reading them.
+                        push_file_extents(&mut out, &self.file, start, p.len, guest);
+                        continue;
+                    }
+                    let bits = self.block_bits(d, p.block, b)?;
+                    for (lo, hi, here) in bitmap::byte_runs(&bits, p.within, p.len) {
+                        let at = guest + (lo - p.within);
+                        if here {
+                            push_file_extents(
+                                &mut out,
+                                &self.file,
+                                b + d.bitmap_size + lo,
+                                hi - lo,
+                                at,
+                            );
+                        } else {
+                            d.map_parent(&mut out, at, hi - lo, own)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -764,58 +823,11 @@ impl Disk for VhdDisk {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(&self.path, offset, len, self.virtual_size)?;
-        let mut out = Vec::new();
-        match &self.layout {
-            Layout::Fixed => push_file_extents(&mut out, &self.file, offset, len, offset),
-            Layout::Dynamic(d) => {
-                let file_size = file_len(&self.file, &self.path)?;
-                for p in pieces(offset, len, d.block_size) {
-                    let guest = offset + p.at;
-                    let Some(b) = d.bat.block_offset(p.block) else {
-                        // Nothing here: the parent's, or unallocated.
-                        d.map_parent(&mut out, guest, p.len)?;
-                        continue;
-                    };
-                    let start = b + d.bitmap_size + p.within;
-                    if start + p.len > file_size {
-                        // Past the end of the file: reading it reports the damage.
-                        push_extent(
-                            &mut out,
-                            Extent {
-                                offset: guest,
-                                length: p.len,
-                                kind: ExtentKind::Data,
-                            },
-                        );
-                        continue;
-                    }
-                    if d.parent.is_none() {
-                        // Holes inside a block's data in the host file read as
-                        // zeros: saying so spares readers of sparse VHDs from
-                        // reading them.
-                        push_file_extents(&mut out, &self.file, start, p.len, guest);
-                        continue;
-                    }
-                    let bits = self.block_bits(d, p.block, b)?;
-                    for (lo, hi, here) in bitmap::byte_runs(&bits, p.within, p.len) {
-                        let at = guest + (lo - p.within);
-                        if here {
-                            push_file_extents(
-                                &mut out,
-                                &self.file,
-                                b + d.bitmap_size + lo,
-                                hi - lo,
-                                at,
-                            );
-                        } else {
-                            d.map_parent(&mut out, at, hi - lo)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.map_layers(offset, len, false)
+    }
+
+    fn own_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map_layers(offset, len, true)
     }
 
     fn info(&self) -> Result<ImageInfo> {

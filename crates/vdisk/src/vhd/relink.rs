@@ -16,6 +16,11 @@ use std::path::Path;
 /// whose unique id differs is accepted, and the child adopts its id. Returns
 /// warnings for the user.
 pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
+    crate::format::require_vhd(
+        child,
+        "relinking",
+        "a VHDX child finds a moved parent by the file name beside it",
+    )?;
     let mut warnings = Vec::new();
     let file = crate::format::open_file(child, true)?;
     let len = file_len(&file, child)?;

@@ -18,6 +18,11 @@ use std::path::Path;
 /// Resizes the VHD at `path` to `size` bytes (rounded up to whole sectors).
 /// Shrinking refuses to cut off data unless `force`. Returns notes.
 pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
+    crate::format::require_vhd(
+        path,
+        "resizing",
+        "`vmhub img convert` to VHD, then resize that",
+    )?;
     let plan = plan_size(size, false)?;
     let mut notes = plan.notes.clone();
     let new = plan.size;

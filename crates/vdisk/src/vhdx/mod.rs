@@ -128,6 +128,22 @@ pub(crate) fn open(file: File, path: &Path, writable: bool) -> Result<Box<dyn Di
     Ok(Box::new(VhdxDisk::load(file, path, writable, true)?))
 }
 
+/// Opens the VHDX image at `path` for a merge of its children into it: its
+/// writes renew FileWriteGuid but leave DataWriteGuid as it is, so that the
+/// children still find it their parent while the merge runs (they hide every
+/// sector it writes, so they read as before). Once the children are gone,
+/// [`VhdxDisk::renew_data_write_guid`] marks the data as changed.
+pub(crate) fn open_for_merge(path: &Path) -> Result<VhdxDisk> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, "open", e))?;
+    let mut disk = VhdxDisk::load(file, path, true, true)?;
+    disk.keep_data_write_guid = true;
+    Ok(disk)
+}
+
 /// An open VHDX image.
 pub struct VhdxDisk {
     store: Store,
@@ -149,6 +165,9 @@ pub struct VhdxDisk {
     bitmap_pages: BTreeMap<u64, Vec<u8>>,
     /// Whether this open has written (and so renewed the write GUIDs).
     session: bool,
+    /// Whether writes leave DataWriteGuid as it is (a merge into this disk,
+    /// see [`VhdxDisk::open_for_merge`]).
+    keep_data_write_guid: bool,
     /// Where the next payload block goes.
     next_block: u64,
     log_sequence: u64,
@@ -318,6 +337,7 @@ impl VhdxDisk {
             dirty: BTreeSet::new(),
             bitmap_pages: BTreeMap::new(),
             session: false,
+            keep_data_write_guid: false,
             next_block,
             log_sequence: 0,
         };
@@ -586,55 +606,11 @@ impl Disk for VhdxDisk {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(self.path_buf(), offset, len, self.meta.virtual_size)?;
-        let mut out = Vec::new();
-        let file_len = self.store.len;
-        for p in pieces(offset, len, self.geo.block_size) {
-            let guest = offset + p.at;
-            let ent = self.entry(p.block);
-            let push = |out: &mut Vec<Extent>, offset, length, kind| {
-                push_extent(
-                    out,
-                    Extent {
-                        offset,
-                        length,
-                        kind,
-                    },
-                )
-            };
-            match bat::state(ent) {
-                bat::FULLY_PRESENT => {
-                    let fo = self.block_offset(p.block, ent)? + p.within;
-                    if fo + p.len > self.store.real_len
-                        || !self.store.patches.is_empty()
-                        || file_len != self.store.real_len
-                    {
-                        push(&mut out, guest, p.len, ExtentKind::Data);
-                    } else {
-                        push_file_extents(&mut out, &self.store.file, fo, p.len, guest);
-                    }
-                }
-                bat::ZERO if self.meta.has_parent => push(&mut out, guest, p.len, ExtentKind::Zero),
-                bat::ZERO
-                | bat::NOT_PRESENT
-                | bat::UNDEFINED
-                | bat::UNMAPPED
-                | bat::UNMAPPED_V095 => self.map_parent(&mut out, guest, p.len)?,
-                bat::PARTIALLY_PRESENT if self.meta.has_parent => {
-                    self.block_offset(p.block, ent)?;
-                    for (lo, hi, here) in self.bitmap_runs(p.block, p.within, p.len)? {
-                        let g = guest + (lo - p.within);
-                        if here {
-                            push(&mut out, g, hi - lo, ExtentKind::Data);
-                        } else {
-                            self.map_parent(&mut out, g, hi - lo)?;
-                        }
-                    }
-                }
-                _ => return Err(self.bad_state(p.block, ent)),
-            }
-        }
-        Ok(out)
+        self.map_layers(offset, len, false)
+    }
+
+    fn own_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map_layers(offset, len, true)
     }
 
     fn info(&self) -> Result<ImageInfo> {
@@ -689,8 +665,62 @@ impl Disk for VhdxDisk {
 }
 
 impl VhdxDisk {
-    fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64) -> Result<()> {
-        crate::map_parent(self.parent.as_deref(), out, offset, len)
+    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
+    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
+        check_range(self.path_buf(), offset, len, self.meta.virtual_size)?;
+        let mut out = Vec::new();
+        let file_len = self.store.len;
+        for p in pieces(offset, len, self.geo.block_size) {
+            let guest = offset + p.at;
+            let ent = self.entry(p.block);
+            let push = |out: &mut Vec<Extent>, offset, length, kind| {
+                push_extent(
+                    out,
+                    Extent {
+                        offset,
+                        length,
+                        kind,
+                    },
+                )
+            };
+            match bat::state(ent) {
+                bat::FULLY_PRESENT => {
+                    let fo = self.block_offset(p.block, ent)? + p.within;
+                    if fo + p.len > self.store.real_len
+                        || !self.store.patches.is_empty()
+                        || file_len != self.store.real_len
+                    {
+                        push(&mut out, guest, p.len, ExtentKind::Data);
+                    } else {
+                        push_file_extents(&mut out, &self.store.file, fo, p.len, guest);
+                    }
+                }
+                bat::ZERO if self.meta.has_parent => push(&mut out, guest, p.len, ExtentKind::Zero),
+                bat::ZERO
+                | bat::NOT_PRESENT
+                | bat::UNDEFINED
+                | bat::UNMAPPED
+                | bat::UNMAPPED_V095 => self.map_parent(&mut out, guest, p.len, own)?,
+                bat::PARTIALLY_PRESENT if self.meta.has_parent => {
+                    self.block_offset(p.block, ent)?;
+                    for (lo, hi, here) in self.bitmap_runs(p.block, p.within, p.len)? {
+                        let g = guest + (lo - p.within);
+                        if here {
+                            push(&mut out, g, hi - lo, ExtentKind::Data);
+                        } else {
+                            self.map_parent(&mut out, g, hi - lo, own)?;
+                        }
+                    }
+                }
+                _ => return Err(self.bad_state(p.block, ent)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn map_parent(&self, out: &mut Vec<Extent>, offset: u64, len: u64, own: bool) -> Result<()> {
+        let parent = if own { None } else { self.parent.as_deref() };
+        crate::map_parent(parent, out, offset, len)
     }
 }
 

@@ -10,7 +10,8 @@ use crate::io::{sync_data, write_all_at};
 use crate::{Disk, Error, Result};
 
 impl VhdxDisk {
-    /// Renews FileWriteGuid and DataWriteGuid on the first write of this open.
+    /// Renews FileWriteGuid and DataWriteGuid (unless the open keeps it) on
+    /// the first write of this open.
     pub(super) fn begin_writing(&mut self) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly {
@@ -22,10 +23,23 @@ impl VhdxDisk {
         }
         let mut h = self.header.clone();
         h.file_write_guid = new_guid(&self.store.path)?;
-        h.data_write_guid = new_guid(&self.store.path)?;
+        if !self.keep_data_write_guid {
+            h.data_write_guid = new_guid(&self.store.path)?;
+        }
         self.slot = write_header(&self.store, self.slot, &mut h)?;
         self.header = h;
         self.session = true;
+        Ok(())
+    }
+
+    /// Gives the disk a new DataWriteGuid now (after a merge into it: any
+    /// child made before no longer matches it).
+    pub(crate) fn renew_data_write_guid(&mut self) -> Result<()> {
+        self.flush()?;
+        let mut h = self.header.clone();
+        h.data_write_guid = new_guid(&self.store.path)?;
+        self.slot = write_header(&self.store, self.slot, &mut h)?;
+        self.header = h;
         Ok(())
     }
 
