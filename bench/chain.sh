@@ -48,7 +48,9 @@
 #   merge      `vmhub img merge child.vhd` (it fsyncs the parent before it
 #              returns) against `qemu-img commit child.qcow2` followed by
 #              `sync base.qcow2`, so both are timed until the data is durable;
-#              [cmd …] is qemu-img alone. Before every run both chains are copied
+#              [cmd …] is qemu-img alone. `vmhub img merge child.qcow2` is timed
+#              too, on the same qcow2 chain as qemu-img (for information: the
+#              target is for the VHD merge). Before every run both chains are copied
 #              fresh from pristine copies, `sync` runs, and then the cache is made
 #              cold (drop_caches, as root) or warm (the chain's files read), alike
 #              for both tools. Runs of the two tools are interleaved.
@@ -271,22 +273,23 @@ echo "timing merges ..." >&2
 declare -A times mids
 mid=
 vmhub_merge() { "$VMHUB" img merge run-vhd/child.vhd >/dev/null; mid=$EPOCHREALTIME; }
+vmhub_qcow2_merge() { "$VMHUB" img merge run-vmhub-qcow2/child.qcow2 >/dev/null; mid=$EPOCHREALTIME; }
 alt_merge() { "$VMHUB_ALT" img merge run-vhd/child.vhd >/dev/null; mid=$EPOCHREALTIME; }
 qemu_commit() {
     qemu-img commit -q run-qcow2/child.qcow2
     mid=$EPOCHREALTIME
     sync run-qcow2/base.qcow2
 }
-prepare() { # TOOL MODE: fresh copies of the chain, then the cache made cold or warm
-    local dir=$1 mode=$2
-    rm -rf "run-$dir"
-    cp -r --sparse=always "$dir" "run-$dir"
+prepare() { # DIR MODE [RUN]: fresh copies of the chain in RUN (default run-DIR), then the cache made cold or warm
+    local dir=$1 mode=$2 run=${3:-run-$1}
+    rm -rf "$run"
+    cp -r --sparse=always "$dir" "$run"
     make_cold
-    if [[ $mode = warm ]]; then cat "run-$dir"/* >/dev/null; fi
+    if [[ $mode = warm ]]; then cat "$run"/* >/dev/null; fi
 }
-one_merge() { # KEY DIR FUNC MODE
-    local key=$1 dir=$2 func=$3 mode=$4 t0 t1
-    prepare "$dir" "$mode"
+one_merge() { # KEY DIR FUNC MODE [RUN]
+    local key=$1 dir=$2 func=$3 mode=$4 run=${5:-} t0 t1
+    prepare "$dir" "$mode" $run
     t0=$EPOCHREALTIME
     "$func"
     t1=$EPOCHREALTIME
@@ -302,6 +305,7 @@ for mode in "${modes[@]}"; do
     for ((r = 0; r < REPS; r++)); do
         one_merge vmhub vhd vmhub_merge "$mode"
         one_merge qemu qcow2 qemu_commit "$mode"
+        one_merge vmhubq qcow2 vmhub_qcow2_merge "$mode" run-vmhub-qcow2
         [[ -z ${VMHUB_ALT:-} ]] || one_merge alt vhd alt_merge "$mode"
     done
 done
@@ -311,10 +315,15 @@ qemu-img compare -q -f raw -F vpc expect-merge.raw run-vhd/base.vhd ||
     { echo "FAIL: the merged base.vhd differs from expect-merge.raw" >&2; exit 1; }
 qemu-img compare -q -f raw -F qcow2 expect-merge.raw run-qcow2/base.qcow2 ||
     { echo "FAIL: the committed base.qcow2 differs from expect-merge.raw" >&2; exit 1; }
+[[ ! -e run-vmhub-qcow2/child.qcow2 ]] || { echo "FAIL: vmhub left run-vmhub-qcow2/child.qcow2" >&2; exit 1; }
+qemu-img compare -q -f raw -F qcow2 expect-merge.raw run-vmhub-qcow2/base.qcow2 ||
+    { echo "FAIL: the base.qcow2 vmhub merged into differs from expect-merge.raw" >&2; exit 1; }
+qemu-img check -q -f qcow2 run-vmhub-qcow2/base.qcow2 ||
+    { echo "FAIL: qemu-img check finds errors in the base.qcow2 vmhub merged into" >&2; exit 1; }
 
 declare -A res cmd
 for mode in "${modes[@]}"; do
-    for key in vmhub qemu ${VMHUB_ALT:+alt}; do
+    for key in vmhub qemu vmhubq ${VMHUB_ALT:+alt}; do
         res[$mode.$key]=$(median <<<"${times[$mode.$key]}")
         cmd[$mode.$key]=$(median <<<"${mids[$mode.$key]}" | cut -d' ' -f1)
     done
@@ -325,8 +334,8 @@ cell() { # MODE KEY → median (min–max) [cmd]
     printf '%.2f s (%.2f–%.2f)' "$med" "$lo" "$hi"
     [[ $2 != qemu ]] || printf ' [cmd %.2f]' "${cmd[$1.$2]}"
 }
-ratio() { # MODE FIELD(1 median, 2 min)
-    echo "scale=4; $(cut -d' ' -f"$2" <<<"${res[$1.vmhub]}") / $(cut -d' ' -f"$2" <<<"${res[$1.qemu]}")" | bc
+ratio() { # MODE FIELD(1 median, 2 min) [KEY, default vmhub]
+    echo "scale=4; $(cut -d' ' -f"$2" <<<"${res[$1.${3:-vmhub}]}") / $(cut -d' ' -f"$2" <<<"${res[$1.qemu]}")" | bc
 }
 echo "## Merge of a child holding 512 MiB into a 2 GiB base (median of $REPS; min–max)"
 echo
@@ -334,6 +343,7 @@ echo "| tool | command | cold cache | warm cache |"
 echo "|---|---|---|---|"
 echo "| vmhub | \`vmhub img merge child.vhd\` | $(cell cold vmhub) | $(cell warm vmhub) |"
 echo "| qemu-img | \`qemu-img commit child.qcow2; sync base.qcow2\` | $(cell cold qemu) | $(cell warm qemu) |"
+echo "| vmhub | \`vmhub img merge child.qcow2\` (the same qcow2 chain) | $(cell cold vmhubq) | $(cell warm vmhubq) |"
 [[ -z ${VMHUB_ALT:-} ]] || echo "| vmhub (alt) | \`$VMHUB_ALT img merge child.vhd\` | $(cell cold alt) | $(cell warm alt) |"
 echo
 echo "| ratio vmhub / qemu-img | target | cold (median) | cold (min) | warm (median) | warm (min) |"
@@ -343,6 +353,11 @@ for mode in "${modes[@]}"; do
     r=$(ratio "$mode" 1)
     row+=" | $(printf '%.2f' "$r") ($( (($(echo "$r <= 1.0" | bc))) && echo meets || echo MISSES))"
     row+=" | $(printf '%.2f' "$(ratio "$mode" 2)")"
+done
+echo "$row |"
+row="| merge of the qcow2 chain | for information"
+for mode in "${modes[@]}"; do
+    row+=" | $(printf '%.2f' "$(ratio "$mode" 1 vmhubq)") | $(printf '%.2f' "$(ratio "$mode" 2 vmhubq)")"
 done
 echo "$row |"
 echo

@@ -21,6 +21,12 @@ use std::path::{Path, PathBuf};
 /// Bytes copied at a time.
 const PIECE: u64 = 4 << 20;
 
+/// Pieces read and not yet written, at most.
+const DEPTH: usize = 4;
+
+/// How many pieces ahead of the reader storage is asked for.
+const AHEAD: usize = 8;
+
 /// The most files looked at per folder while searching for dependents.
 const MAX_SCAN: usize = 10_000;
 
@@ -131,22 +137,52 @@ pub fn merge(
         }
     }
     let total: u64 = joined.iter().map(|r| r.1 - r.0).sum();
-    let mut done = 0u64;
-    let mut buf = Vec::new();
+    let mut pieces = Vec::new();
     for (start, end) in joined {
         let mut off = start;
         while off < end {
             let n = PIECE.min(end - off);
-            let next = off + n;
-            top.prefetch(next, PIECE.min(end.saturating_sub(next)));
-            buf.resize(n as usize, 0);
-            top.read_at(&mut buf, off)?;
-            target.write_at(&buf, off)?;
-            done += n;
-            progress(done, total);
-            off = next;
+            pieces.push((off, n));
+            off += n;
         }
     }
+    // A second thread reads the pieces (asking storage for the next ones
+    // first) while this one writes those read before.
+    let mut done = 0u64;
+    let top_ref = top.as_ref();
+    let pieces = &pieces;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || {
+            for (i, &(off, n)) in pieces.iter().enumerate() {
+                if i == 0 {
+                    for &(o, l) in pieces.iter().take(AHEAD) {
+                        top_ref.prefetch(o, l);
+                    }
+                }
+                if let Some(&(o, l)) = pieces.get(i + AHEAD) {
+                    top_ref.prefetch(o, l);
+                }
+                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                buf.resize(n as usize, 0);
+                let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for piece in rx {
+            let (off, buf) = piece?;
+            target.write_at(&buf, off)?;
+            done += buf.len() as u64;
+            progress(done, total);
+            // The reader may be done; then the buffer is simply freed.
+            let _ = recycle_tx.send(buf);
+        }
+        Ok(())
+    })?;
     target.flush()?;
     drop(top);
     let removed: Vec<PathBuf> = chain[..target_index].to_vec();
