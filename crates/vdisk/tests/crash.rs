@@ -242,11 +242,11 @@ fn merge_harness() {
     );
 }
 
-/// The merger of chains with VHDX disks, run in a child process: merges
-/// `CRASH_IMG` into `CRASH_INTO` through the merge for any format.
+/// The merger of chains with VHDX or qcow2 disks, run in a child process:
+/// merges `CRASH_IMG` into `CRASH_INTO` through the merge for any format.
 #[test]
-#[ignore = "run by merge_harness_vhdx in a child process"]
-fn crash_child_generic_merger() {
+#[ignore = "run by merge_harness_vhdx_qcow2 in a child process"]
+fn crash_child_any_merger() {
     let (Ok(img), Ok(into)) = (std::env::var("CRASH_IMG"), std::env::var("CRASH_INTO")) else {
         return;
     };
@@ -257,37 +257,62 @@ fn crash_child_generic_merger() {
     vdisk::ops::merge::merge(Path::new(&img), options, &mut |_, _| {}).unwrap();
 }
 
-/// base ← mid ← top with VHDX children (1 MiB blocks) over a VHDX base, or
-/// over a VHD base when `vhd_base`; each layer has data of its own. Returns
-/// what top reads and the base's file name.
-fn vhdx_chain(dir: &Path, seed: u64, vhd_base: bool) -> (Vec<u8>, &'static str) {
-    let base = if vhd_base { "base.vhd" } else { "base.vhdx" };
+/// The chains [`any_chain`] makes.
+#[derive(Clone, Copy)]
+enum Chain {
+    /// VHDX disks only.
+    Vhdx,
+    /// VHDX children over a VHD base.
+    VhdxOverVhd,
+    /// qcow2 disks, the children made by qemu-img.
+    Qcow2,
+}
+
+/// base ← mid ← top of `kind`, each layer with data of its own. Returns what
+/// top reads and the names of base, mid and top.
+fn any_chain(dir: &Path, seed: u64, kind: Chain) -> (Vec<u8>, [&'static str; 3]) {
+    let names = match kind {
+        Chain::Vhdx => ["base.vhdx", "mid.vhdx", "top.vhdx"],
+        Chain::VhdxOverVhd => ["base.vhd", "mid.vhdx", "top.vhdx"],
+        Chain::Qcow2 => ["base.qcow2", "mid.qcow2", "top.qcow2"],
+    };
+    let (format, block) = match kind {
+        Chain::Vhdx => (vdisk::Format::Vhdx, 1 << 20),
+        Chain::VhdxOverVhd => (vdisk::Format::Vhd, 1 << 20),
+        Chain::Qcow2 => (vdisk::Format::Qcow2, 64 << 10),
+    };
     let opts = CreateOptions {
-        format: if vhd_base {
-            vdisk::Format::Vhd
-        } else {
-            vdisk::Format::Vhdx
-        },
-        block_size: Some(1 << 20),
+        format,
+        block_size: Some(block),
         ..CreateOptions::default()
     };
-    vdisk::create(&dir.join(base), SIZE, &opts, false).unwrap();
-    let child = |name: &str, parent: &str| {
-        vdisk::create_child_as(
+    vdisk::create(&dir.join(names[0]), SIZE, &opts, false).unwrap();
+    let child = |name: &str, parent: &str| match kind {
+        Chain::Qcow2 => {
+            let out = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", parent])
+                .arg(dir.join(name))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Chain::Vhdx | Chain::VhdxOverVhd => vdisk::create_child_as(
             vdisk::Format::Vhdx,
             &dir.join(name),
             &dir.join(parent),
             Some(1 << 20),
             false,
         )
-        .unwrap()
+        .unwrap(),
     };
     let mut model = vec![0u8; SIZE as usize];
-    for (layer, name) in [base, "mid.vhdx", "top.vhdx"].iter().enumerate() {
-        match layer {
-            1 => child("mid.vhdx", base),
-            2 => child("top.vhdx", "mid.vhdx"),
-            _ => {}
+    for (layer, name) in names.iter().enumerate() {
+        if layer > 0 {
+            child(name, names[layer - 1]);
         }
         let mut d = vdisk::open(&dir.join(name), OpenOptions { writable: true }).unwrap();
         for i in 0..150u64 {
@@ -299,42 +324,47 @@ fn vhdx_chain(dir: &Path, seed: u64, vhd_base: bool) -> (Vec<u8>, &'static str) 
         }
         d.flush().unwrap();
     }
-    (model, base)
+    (model, names)
 }
 
-/// Merges of VHDX chains killed at random moments: into the VHDX parent,
-/// through it into the base, and into a VHD base under VHDX children. The
-/// chain must read as before and check clean, and merging again completes it.
+/// Merges of chains with VHDX or qcow2 disks killed at random moments: VHDX
+/// chains, VHDX children over a VHD base, qcow2 chains; into the parent, or
+/// through it into the base. The chain must read as before and check clean
+/// (leaked qcow2 clusters are allowed), and merging again completes it.
 #[test]
-fn merge_harness_vhdx() {
+fn merge_harness_vhdx_qcow2() {
     let mut rng = 0x7d8e_u64;
-    let (mut interrupted, mut finished) = (0, 0);
+    // Merges killed before they removed anything, those of them killed once
+    // the target had changed, and merges that finished.
+    let (mut interrupted, mut amid, mut finished) = (0, 0, 0);
     for iter in 0..ITERATIONS {
         rng = splitmix(rng);
         let dir = tempfile::tempdir().unwrap();
-        let vhd_base = iter % 3 == 2;
-        let (model, base) = vhdx_chain(dir.path(), rng, vhd_base);
-        let top = dir.path().join("top.vhdx");
-        let target = dir
-            .path()
-            .join(if iter % 3 == 0 { "mid.vhdx" } else { base });
+        let kind = [Chain::Vhdx, Chain::VhdxOverVhd, Chain::Qcow2][iter as usize % 3];
+        let (model, names) = any_chain(dir.path(), rng, kind);
+        let top = dir.path().join(names[2]);
+        let target = dir.path().join(names[(iter as usize / 3) % 2]);
+        let target_before = std::fs::read(&target).unwrap();
         let mut child = spawn(
             &[
                 ("CRASH_IMG", top.as_os_str()),
                 ("CRASH_INTO", target.as_os_str()),
             ],
-            "crash_child_generic_merger",
+            "crash_child_any_merger",
         );
         std::thread::sleep(Duration::from_millis(splitmix(rng) % 40));
         let _ = child.kill();
         let _ = child.wait();
         if top.exists() {
             interrupted += 1;
+            if std::fs::read(&target).unwrap() != target_before {
+                amid += 1;
+            }
             assert!(
                 read_all(&top) == model,
                 "iteration {iter}: the chain reads differently after a killed merge"
             );
-            for name in ["top.vhdx", "mid.vhdx", base] {
+            for name in names {
                 let report = vdisk::check(&dir.path().join(name)).unwrap();
                 assert!(
                     report.clean,
@@ -357,10 +387,16 @@ fn merge_harness_vhdx() {
         assert!(vdisk::check(&target).unwrap().clean, "iteration {iter}");
         assert!(!top.exists(), "iteration {iter}: the child is still there");
     }
-    eprintln!("{interrupted} of {ITERATIONS} VHDX merges killed mid-way");
+    eprintln!(
+        "{interrupted} of {ITERATIONS} VHDX and qcow2 merges killed mid-way, {amid} of them with the target changed"
+    );
     assert!(
         interrupted >= ITERATIONS / 4,
-        "only {interrupted} of {ITERATIONS} VHDX merges were killed mid-way ({finished} finished)"
+        "only {interrupted} of {ITERATIONS} VHDX and qcow2 merges were killed mid-way ({finished} finished)"
+    );
+    assert!(
+        amid >= ITERATIONS / 8,
+        "only {amid} merges were killed after they had written into the target"
     );
 }
 
