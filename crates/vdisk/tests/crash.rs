@@ -1,6 +1,6 @@
 //! Crash safety: writers, merges, conversions and compactions are killed with
 //! SIGKILL at random, seeded moments (48 of each kind, 288 in all: merges of
-//! VHD chains and of chains with VHDX disks).
+//! VHD chains, and of chains with VHDX or qcow2 disks).
 //!
 //! - A writer of a dynamic or differencing disk: the image must check clean,
 //!   read the same in qemu-img, and hold every write acknowledged by a flush;
