@@ -75,7 +75,7 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
-    /// Write a differencing disk's data into its parent (or an ancestor) and remove it.
+    /// Write a differencing disk's data (VHD, VHDX, qcow2) into its parent (or an ancestor) and remove it.
     Merge {
         /// The differencing disk.
         child: PathBuf,
@@ -113,7 +113,7 @@ pub enum ImgCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Point a differencing disk at its moved or copied parent.
+    /// Point a differencing VHD at its moved or copied parent.
     Relink {
         /// The differencing disk.
         child: PathBuf,
