@@ -187,37 +187,59 @@ fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
 
 #[test]
 fn merge_harness() {
-    let mut rng = 0x3e76_u64;
-    let (mut interrupted, mut finished) = (0, 0);
+    // Even runs merge top into base (through mid); odd ones into its parent
+    // mid, which gives top's blocks back as the copy goes.
+    kill_merges("VHD", 0x3e76, "crash_child_merger", |dir, seed, iter| {
+        let model = merge_chain(dir, seed);
+        let target = if iter % 2 == 0 { 0 } else { 1 };
+        (model, ["base.vhd", "mid.vhd", "top.vhd"], target)
+    });
+}
+
+/// Kills `merger` (a test of this binary run in a child process) at random
+/// moments while it merges top into base or mid of a chain that `chain`
+/// makes in a new folder (from a seed and the iteration: the model of what
+/// top reads, the names of base, mid and top, which of them is the target).
+/// A merge killed before it removed anything must leave the chain reading as
+/// before, every disk checking clean (leaked qcow2 clusters allowed), and
+/// merging again must complete it.
+fn kill_merges(
+    label: &str,
+    seed: u64,
+    merger: &str,
+    chain: impl Fn(&Path, u64, u64) -> (Vec<u8>, [&'static str; 3], usize),
+) {
+    let mut rng = seed;
+    // Merges killed before they removed anything, those of them killed once
+    // the target had changed, and merges that finished.
+    let (mut interrupted, mut amid, mut finished) = (0, 0, 0);
     for iter in 0..ITERATIONS {
         rng = splitmix(rng);
         let dir = tempfile::tempdir().unwrap();
-        let model = merge_chain(dir.path(), rng);
-        // Even runs merge top into base (through mid); odd ones into its
-        // parent mid, which gives top's blocks back as the copy goes.
-        let top = dir.path().join("top.vhd");
-        let target = dir
-            .path()
-            .join(if iter % 2 == 0 { "base.vhd" } else { "mid.vhd" });
+        let (model, names, target) = chain(dir.path(), rng, iter);
+        let top = dir.path().join(names[2]);
+        let target = dir.path().join(names[target]);
+        let target_before = std::fs::read(&target).unwrap();
         let mut child = spawn(
             &[
                 ("CRASH_IMG", top.as_os_str()),
                 ("CRASH_INTO", target.as_os_str()),
             ],
-            "crash_child_merger",
+            merger,
         );
         std::thread::sleep(Duration::from_millis(splitmix(rng) % 40));
         let _ = child.kill();
         let _ = child.wait();
         if top.exists() {
-            // Killed before it removed anything: the chain reads as before,
-            // every disk in it checks clean, and merging again completes the job.
             interrupted += 1;
+            if std::fs::read(&target).unwrap() != target_before {
+                amid += 1;
+            }
             assert!(
                 read_all(&top) == model,
                 "iteration {iter}: the chain reads differently after a killed merge"
             );
-            for name in ["top.vhd", "mid.vhd", "base.vhd"] {
+            for name in names {
                 let report = vdisk::check(&dir.path().join(name)).unwrap();
                 assert!(
                     report.clean,
@@ -225,7 +247,11 @@ fn merge_harness() {
                     report.problems
                 );
             }
-            vdisk::vhd::merge::merge(&top, Some(&target), &mut |_, _| {}).unwrap();
+            let options = vdisk::vhd::merge::MergeOptions {
+                into: Some(&target),
+                ..Default::default()
+            };
+            vdisk::ops::merge::merge(&top, options, &mut |_, _| {}).unwrap();
         } else {
             finished += 1;
         }
@@ -234,11 +260,18 @@ fn merge_harness() {
             "iteration {iter}: the merged disk differs"
         );
         assert!(vdisk::check(&target).unwrap().clean, "iteration {iter}");
+        assert!(!top.exists(), "iteration {iter}: the child is still there");
     }
-    eprintln!("{interrupted} of {ITERATIONS} merges killed mid-way");
+    eprintln!(
+        "{interrupted} of {ITERATIONS} {label} merges killed mid-way, {amid} of them with the target changed"
+    );
     assert!(
         interrupted >= ITERATIONS / 4,
-        "only {interrupted} of {ITERATIONS} merges were killed mid-way ({finished} finished)"
+        "only {interrupted} of {ITERATIONS} {label} merges were killed mid-way ({finished} finished)"
+    );
+    assert!(
+        amid >= ITERATIONS / 8,
+        "only {amid} {label} merges were killed after they had written into the target"
     );
 }
 
@@ -288,18 +321,11 @@ fn any_chain(dir: &Path, seed: u64, kind: Chain) -> (Vec<u8>, [&'static str; 3])
     };
     vdisk::create(&dir.join(names[0]), SIZE, &opts, false).unwrap();
     let child = |name: &str, parent: &str| match kind {
-        Chain::Qcow2 => {
-            let out = std::process::Command::new("qemu-img")
+        Chain::Qcow2 => common::run(
+            std::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", parent])
-                .arg(dir.join(name))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+                .arg(dir.join(name)),
+        ),
         Chain::Vhdx | Chain::VhdxOverVhd => vdisk::create_child_as(
             vdisk::Format::Vhdx,
             &dir.join(name),
@@ -329,74 +355,18 @@ fn any_chain(dir: &Path, seed: u64, kind: Chain) -> (Vec<u8>, [&'static str; 3])
 
 /// Merges of chains with VHDX or qcow2 disks killed at random moments: VHDX
 /// chains, VHDX children over a VHD base, qcow2 chains; into the parent, or
-/// through it into the base. The chain must read as before and check clean
-/// (leaked qcow2 clusters are allowed), and merging again completes it.
+/// through it into the base.
 #[test]
 fn merge_harness_vhdx_qcow2() {
-    let mut rng = 0x7d8e_u64;
-    // Merges killed before they removed anything, those of them killed once
-    // the target had changed, and merges that finished.
-    let (mut interrupted, mut amid, mut finished) = (0, 0, 0);
-    for iter in 0..ITERATIONS {
-        rng = splitmix(rng);
-        let dir = tempfile::tempdir().unwrap();
-        let kind = [Chain::Vhdx, Chain::VhdxOverVhd, Chain::Qcow2][iter as usize % 3];
-        let (model, names) = any_chain(dir.path(), rng, kind);
-        let top = dir.path().join(names[2]);
-        let target = dir.path().join(names[(iter as usize / 3) % 2]);
-        let target_before = std::fs::read(&target).unwrap();
-        let mut child = spawn(
-            &[
-                ("CRASH_IMG", top.as_os_str()),
-                ("CRASH_INTO", target.as_os_str()),
-            ],
-            "crash_child_any_merger",
-        );
-        std::thread::sleep(Duration::from_millis(splitmix(rng) % 40));
-        let _ = child.kill();
-        let _ = child.wait();
-        if top.exists() {
-            interrupted += 1;
-            if std::fs::read(&target).unwrap() != target_before {
-                amid += 1;
-            }
-            assert!(
-                read_all(&top) == model,
-                "iteration {iter}: the chain reads differently after a killed merge"
-            );
-            for name in names {
-                let report = vdisk::check(&dir.path().join(name)).unwrap();
-                assert!(
-                    report.clean,
-                    "iteration {iter}: {name}: {:?}",
-                    report.problems
-                );
-            }
-            let options = vdisk::vhd::merge::MergeOptions {
-                into: Some(&target),
-                ..Default::default()
-            };
-            vdisk::ops::merge::merge(&top, options, &mut |_, _| {}).unwrap();
-        } else {
-            finished += 1;
-        }
-        assert!(
-            read_all(&target) == model,
-            "iteration {iter}: the merged disk differs"
-        );
-        assert!(vdisk::check(&target).unwrap().clean, "iteration {iter}");
-        assert!(!top.exists(), "iteration {iter}: the child is still there");
-    }
-    eprintln!(
-        "{interrupted} of {ITERATIONS} VHDX and qcow2 merges killed mid-way, {amid} of them with the target changed"
-    );
-    assert!(
-        interrupted >= ITERATIONS / 4,
-        "only {interrupted} of {ITERATIONS} VHDX and qcow2 merges were killed mid-way ({finished} finished)"
-    );
-    assert!(
-        amid >= ITERATIONS / 8,
-        "only {amid} merges were killed after they had written into the target"
+    kill_merges(
+        "VHDX and qcow2",
+        0x7d8e,
+        "crash_child_any_merger",
+        |dir, seed, iter| {
+            let kind = [Chain::Vhdx, Chain::VhdxOverVhd, Chain::Qcow2][iter as usize % 3];
+            let (model, names) = any_chain(dir, seed, kind);
+            (model, names, (iter as usize / 3) % 2)
+        },
     );
 }
 

@@ -13,7 +13,7 @@
 //! completes one that was cut off.
 
 use crate::format::{sniff_file, Format};
-use crate::vhd::merge::{MergeOptions, Merged};
+use crate::vhd::merge::{join, refuse_orphans, MergeOptions, Merged};
 use crate::{Disk, Error, ExtentKind, OpenOptions, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -85,14 +85,7 @@ pub fn merge(
     }
 
     let orphaned = dependents(&chain, target_index);
-    if !orphaned.is_empty() && !options.allow_orphans {
-        let names: Vec<String> = orphaned.iter().map(|p| p.display().to_string()).collect();
-        return Err(Error::InvalidArgument(format!(
-            "{}: other differencing disks depend on the disks this merge changes, and would no longer read what they do: {} (merge or remove them first, or force the merge)",
-            child.display(),
-            names.join(", ")
-        )));
-    }
+    refuse_orphans(child, &orphaned, options.allow_orphans)?;
 
     // Every range a merged disk holds, in order, overlaps joined. The top
     // disk is open already; the ones between are opened on their own.
@@ -109,14 +102,7 @@ pub fn merge(
     for p in &chain[1..target_index] {
         add(crate::open(p, OpenOptions::default())?.as_ref())?;
     }
-    ranges.sort_unstable();
-    let mut joined: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in ranges {
-        match joined.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => joined.push((s, e)),
-        }
-    }
+    let joined = join(ranges);
 
     let target_path = chain[target_index].clone();
     // A VHDX target keeps its DataWriteGuid until the merged disks are gone:

@@ -143,28 +143,14 @@ pub fn merge_with(
         .map(|l| l.footer().unique_id)
         .collect();
     let orphaned = dependents(&chain, &changed);
-    if !orphaned.is_empty() && !options.allow_orphans {
-        let names: Vec<String> = orphaned.iter().map(|p| p.display().to_string()).collect();
-        return Err(Error::InvalidArgument(format!(
-            "{}: other differencing disks depend on the disks this merge changes, and would no longer read what they do: {} (merge or remove them first, or force the merge)",
-            child.display(),
-            names.join(", ")
-        )));
-    }
+    refuse_orphans(child, &orphaned, options.allow_orphans)?;
     // Every sector any merged disk holds, in order, overlaps joined.
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for l in &layers[..target_index] {
-        ranges.extend(l.own_ranges()?);
+        ranges.extend(l.own_ranges()?.into_iter().map(|(s, n)| (s, s + n)));
     }
-    ranges.sort_unstable();
-    let mut joined: Vec<(u64, u64)> = Vec::new();
-    for (s, n) in ranges {
-        match joined.last_mut() {
-            Some(last) if s <= last.0 + last.1 => last.1 = last.1.max(s + n - last.0),
-            _ => joined.push((s, n)),
-        }
-    }
-    let total: u64 = joined.iter().map(|r| r.1).sum();
+    let joined = join(ranges);
+    let total: u64 = joined.iter().map(|r| r.1 - r.0).sum();
     let target_path = layers[target_index].path().to_path_buf();
     let removed: Vec<PathBuf> = layers[..target_index]
         .iter()
@@ -179,8 +165,8 @@ pub fn merge_with(
     const CHUNK: u64 = 4 << 20;
     const DEPTH: usize = 4;
     let mut pieces = Vec::new();
-    for (start, len) in joined {
-        let end = (start + len).min(size);
+    for (start, end) in joined {
+        let end = end.min(size);
         let mut off = start;
         while off < end {
             let n = CHUNK.min(end - off);
@@ -305,6 +291,33 @@ pub fn merge_with(
         bytes: done,
         orphaned,
     })
+}
+
+/// Fails, naming them, when other disks depend on the disks a merge of
+/// `child` changes, unless `allowed`.
+pub(crate) fn refuse_orphans(child: &Path, orphaned: &[PathBuf], allowed: bool) -> Result<()> {
+    if orphaned.is_empty() || allowed {
+        return Ok(());
+    }
+    let names: Vec<String> = orphaned.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::InvalidArgument(format!(
+        "{}: other differencing disks depend on the disks this merge changes, and would no longer read what they do: {} (merge or remove them first, or force the merge)",
+        child.display(),
+        names.join(", ")
+    )))
+}
+
+/// `(start, end)` ranges sorted, with those that overlap or touch joined.
+pub(crate) fn join(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut joined: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match joined.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => joined.push((s, e)),
+        }
+    }
+    joined
 }
 
 /// Whether the filesystem holding `target` has less room free than `bytes`
