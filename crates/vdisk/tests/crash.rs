@@ -160,39 +160,13 @@ fn crash_child_merger() {
     vdisk::vhd::merge::merge_with(Path::new(&img), options, &mut |_, _| {}).unwrap();
 }
 
-/// base ← mid ← top over `SIZE` bytes, each layer with data of its own in
-/// 64 KiB blocks; returns what top reads.
-fn merge_chain(dir: &Path, seed: u64) -> Vec<u8> {
-    let opts = CreateOptions {
-        block_size: Some(64 << 10),
-        ..CreateOptions::default()
-    };
-    let mut model = vec![0u8; SIZE as usize];
-    vdisk::create(&dir.join("base.vhd"), SIZE, &opts, false).unwrap();
-    vdisk::create_child(&dir.join("mid.vhd"), &dir.join("base.vhd"), 64 << 10, false).unwrap();
-    vdisk::create_child(&dir.join("top.vhd"), &dir.join("mid.vhd"), 64 << 10, false).unwrap();
-    for (layer, name) in ["base.vhd", "mid.vhd", "top.vhd"].iter().enumerate() {
-        let mut d = vdisk::open(&dir.join(name), OpenOptions { writable: true }).unwrap();
-        for i in 0..150u64 {
-            let o = LOAD.op(seed ^ layer as u64, i);
-            let b = LOAD.buffer(seed ^ layer as u64, i);
-            d.write_at(&b, o.first * SECTOR).unwrap();
-            model[(o.first * SECTOR) as usize..((o.first + o.sectors) * SECTOR) as usize]
-                .copy_from_slice(&b);
-        }
-        d.flush().unwrap();
-    }
-    model
-}
-
 #[test]
 fn merge_harness() {
     // Even runs merge top into base (through mid); odd ones into its parent
     // mid, which gives top's blocks back as the copy goes.
     kill_merges("VHD", 0x3e76, "crash_child_merger", |dir, seed, iter| {
-        let model = merge_chain(dir, seed);
-        let target = if iter % 2 == 0 { 0 } else { 1 };
-        (model, ["base.vhd", "mid.vhd", "top.vhd"], target)
+        let (model, names) = any_chain(dir, seed, Chain::Vhd);
+        (model, names, (iter % 2) as usize)
     });
 }
 
@@ -293,6 +267,8 @@ fn crash_child_any_merger() {
 /// The chains [`any_chain`] makes.
 #[derive(Clone, Copy)]
 enum Chain {
+    /// VHD disks only.
+    Vhd,
     /// VHDX disks only.
     Vhdx,
     /// VHDX children over a VHD base.
@@ -305,11 +281,13 @@ enum Chain {
 /// top reads and the names of base, mid and top.
 fn any_chain(dir: &Path, seed: u64, kind: Chain) -> (Vec<u8>, [&'static str; 3]) {
     let names = match kind {
+        Chain::Vhd => ["base.vhd", "mid.vhd", "top.vhd"],
         Chain::Vhdx => ["base.vhdx", "mid.vhdx", "top.vhdx"],
         Chain::VhdxOverVhd => ["base.vhd", "mid.vhdx", "top.vhdx"],
         Chain::Qcow2 => ["base.qcow2", "mid.qcow2", "top.qcow2"],
     };
     let (format, block) = match kind {
+        Chain::Vhd => (vdisk::Format::Vhd, 64 << 10),
         Chain::Vhdx => (vdisk::Format::Vhdx, 1 << 20),
         Chain::VhdxOverVhd => (vdisk::Format::Vhd, 1 << 20),
         Chain::Qcow2 => (vdisk::Format::Qcow2, 64 << 10),
@@ -326,6 +304,9 @@ fn any_chain(dir: &Path, seed: u64, kind: Chain) -> (Vec<u8>, [&'static str; 3])
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", parent])
                 .arg(dir.join(name)),
         ),
+        Chain::Vhd => {
+            vdisk::create_child(&dir.join(name), &dir.join(parent), 64 << 10, false).unwrap()
+        }
         Chain::Vhdx | Chain::VhdxOverVhd => vdisk::create_child_as(
             vdisk::Format::Vhdx,
             &dir.join(name),

@@ -13,9 +13,8 @@
 //! completes one that was cut off.
 
 use crate::format::{sniff_file, Format};
-use crate::vhd::merge::{join, refuse_orphans, MergeOptions, Merged};
+use crate::vhd::merge::{files_beside, join, refuse_orphans, MergeOptions, Merged};
 use crate::{Disk, Error, ExtentKind, OpenOptions, Result};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Bytes copied at a time.
@@ -26,9 +25,6 @@ const DEPTH: usize = 4;
 
 /// How many pieces ahead of the reader storage is asked for.
 const AHEAD: usize = 8;
-
-/// The most files looked at per folder while searching for dependents.
-const MAX_SCAN: usize = 10_000;
 
 /// Merges the differencing disk `child` into its parent, or into
 /// `options.into` (an ancestor in its chain), then removes `child` and any
@@ -213,30 +209,12 @@ fn format_of(path: &Path) -> Result<Format> {
 /// differencing disks are passed over.
 fn dependents(chain: &[PathBuf], target_index: usize) -> Vec<PathBuf> {
     let changed = &chain[..=target_index];
-    let folders: BTreeSet<&Path> = chain.iter().filter_map(|p| p.parent()).collect();
-    let mut out = Vec::new();
-    for folder in folders {
-        let Ok(entries) = std::fs::read_dir(folder) else {
-            continue;
-        };
-        for entry in entries.take(MAX_SCAN).flatten() {
-            let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
-            if chain.contains(&path) || !may_have_parent(&path) {
-                continue;
-            }
-            let Ok(disk) = crate::open(&path, OpenOptions::default()) else {
-                continue;
-            };
-            let Ok(theirs) = chain_of(disk.as_ref()) else {
-                continue;
-            };
-            if theirs.iter().skip(1).any(|p| changed.contains(p)) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
+    files_beside(chain, |path| {
+        may_have_parent(path)
+            && crate::open(path, OpenOptions::default())
+                .and_then(|disk| chain_of(disk.as_ref()))
+                .is_ok_and(|theirs| theirs.iter().skip(1).any(|p| changed.contains(p)))
+    })
 }
 
 /// Whether `path` is named and made like an image that can have a parent.

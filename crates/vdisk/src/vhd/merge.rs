@@ -407,6 +407,22 @@ const MAX_SCAN: usize = 10_000;
 /// that are not in it and whose parent is one of the disks with unique ids
 /// `changed`. Files that cannot be read as VHDs are passed over.
 fn dependents(chain: &[PathBuf], changed: &[[u8; 16]]) -> Vec<PathBuf> {
+    files_beside(chain, |path| {
+        let is_vhd = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("vhd") || e.eq_ignore_ascii_case("avhd"));
+        is_vhd && parent_id(path).is_some_and(|id| changed.contains(&id))
+    })
+}
+
+/// The files in the folders of `chain` (canonical paths), not in it, for
+/// which `depends` holds (given their canonical path), sorted; at most
+/// [`MAX_SCAN`] entries of each folder are looked at.
+pub(crate) fn files_beside(
+    chain: &[PathBuf],
+    mut depends: impl FnMut(&Path) -> bool,
+) -> Vec<PathBuf> {
     let folders: BTreeSet<&Path> = chain.iter().filter_map(|p| p.parent()).collect();
     let mut out = Vec::new();
     for folder in folders {
@@ -415,14 +431,7 @@ fn dependents(chain: &[PathBuf], changed: &[[u8; 16]]) -> Vec<PathBuf> {
         };
         for entry in entries.take(MAX_SCAN).flatten() {
             let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
-            let is_vhd = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e.eq_ignore_ascii_case("vhd") || e.eq_ignore_ascii_case("avhd"));
-            if !is_vhd || chain.contains(&path) {
-                continue;
-            }
-            if parent_id(&path).is_some_and(|id| changed.contains(&id)) {
+            if !chain.contains(&path) && depends(&path) {
                 out.push(path);
             }
         }
