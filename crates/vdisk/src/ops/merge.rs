@@ -13,7 +13,7 @@
 //! completes one that was cut off.
 
 use crate::format::{sniff_file, Format};
-use crate::vhd::merge::{files_beside, join, refuse_orphans, MergeOptions, Merged};
+use crate::vhd::merge::{files_beside, join, refuse_orphans, send_piece, MergeOptions, Merged};
 use crate::{Disk, Error, ExtentKind, OpenOptions, Result};
 use std::path::{Path, PathBuf};
 
@@ -146,11 +146,7 @@ pub fn merge(
                 if let Some(&(o, l)) = pieces.get(i + AHEAD) {
                     top_ref.prefetch(o, l);
                 }
-                let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                buf.resize(n as usize, 0);
-                let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
-                let failed = read.is_err();
-                if tx.send(read).is_err() || failed {
+                if !send_piece(top_ref, off, n, &recycle_rx, &tx) {
                     return;
                 }
             }

@@ -222,11 +222,7 @@ pub fn merge_with(
                 for &(off, n) in pieces_ref {
                     // Never ahead of the prefetcher; if it is gone, read anyway.
                     let _ = ahead_rx.recv();
-                    let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                    buf.resize(n as usize, 0);
-                    let read = top_ref.read_at(&mut buf, off).map(|()| (off, buf));
-                    let failed = read.is_err();
-                    if tx.send(read).is_err() || failed {
+                    if !send_piece(top_ref, off, n, &recycle_rx, &tx) {
                         return;
                     }
                 }
@@ -291,6 +287,23 @@ pub fn merge_with(
         bytes: done,
         orphaned,
     })
+}
+
+/// Reads `n` bytes of `disk` at `off` into a buffer the writer gave back (or
+/// a new one) and sends them to the writer; `false` when reading must stop
+/// (the read failed, and the error was sent, or the writer is gone).
+pub(crate) fn send_piece(
+    disk: &dyn Disk,
+    off: u64,
+    n: u64,
+    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
+    tx: &std::sync::mpsc::SyncSender<Result<(u64, Vec<u8>)>>,
+) -> bool {
+    let mut buf = recycled.try_recv().unwrap_or_default();
+    buf.resize(n as usize, 0);
+    let read = disk.read_at(&mut buf, off).map(|()| (off, buf));
+    let failed = read.is_err();
+    tx.send(read).is_ok() && !failed
 }
 
 /// Fails, naming them, when other disks depend on the disks a merge of
