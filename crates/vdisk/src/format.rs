@@ -299,8 +299,7 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
 /// Fails unless `path` is a VHD: `doing` ("compacting", …) is done to VHDs
 /// only; `instead` says what to do with other formats.
 pub(crate) fn require_vhd(path: &Path, doing: &str, instead: &str) -> Result<()> {
-    let file = open_file(path, false)?;
-    match sniff_file(&file, path)? {
+    match sniff(path)? {
         Format::Vhd => Ok(()),
         other => Err(Error::unsupported(
             path,

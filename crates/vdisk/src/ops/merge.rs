@@ -12,7 +12,7 @@
 //! removed only after the target is flushed; running the merge again
 //! completes one that was cut off.
 
-use crate::format::{sniff_file, Format};
+use crate::format::Format;
 use crate::vhd::merge::{files_beside, join, refuse_orphans, send_piece, MergeOptions, Merged};
 use crate::{Disk, Error, ExtentKind, OpenOptions, Result};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ pub fn merge(
     };
     let formats = chain[..=target_index]
         .iter()
-        .map(|p| format_of(p))
+        .map(|p| crate::sniff(p))
         .collect::<Result<Vec<_>>>()?;
     if formats.iter().all(|f| *f == Format::Vhd) {
         drop(top);
@@ -194,11 +194,6 @@ fn canonical(p: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(p).map_err(|e| Error::io(p, "resolve", e))
 }
 
-fn format_of(path: &Path) -> Result<Format> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    sniff_file(&file, path)
-}
-
 /// Disk images in the folders of `chain` (canonical paths, child first) that
 /// are not in it and read through one of its first `target_index + 1` disks
 /// (the ones that are removed or change). Files that cannot be opened as
@@ -222,7 +217,7 @@ fn may_have_parent(path: &Path) -> bool {
     });
     named
         && matches!(
-            format_of(path),
+            crate::sniff(path),
             Ok(Format::Vhd | Format::Vhdx | Format::Qcow2)
         )
 }
