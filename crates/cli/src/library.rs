@@ -22,12 +22,23 @@ pub struct HomeArg {
 }
 
 impl HomeArg {
+    fn path(&self) -> Result<PathBuf> {
+        match &self.home {
+            Some(h) => Ok(h.clone()),
+            None => default_home(),
+        }
+    }
+
     pub fn open(&self) -> Result<Library> {
-        let home = match &self.home {
-            Some(h) => h.clone(),
-            None => default_home()?,
-        };
+        let home = self.path()?;
         Library::open(&home).with_context(|| format!("cannot open the library {}", home.display()))
+    }
+
+    /// The library if there is one, without creating it.
+    fn open_existing(&self) -> Result<Option<Library>> {
+        let home = self.path()?;
+        Library::open_existing(&home)
+            .with_context(|| format!("cannot open the library {}", home.display()))
     }
 }
 
@@ -101,6 +112,10 @@ pub struct ImportArgs {
     /// zstd level for the chunks (negative levels are faster and compress less).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19), default_value_t = store::chunker::DEFAULT_LEVEL)]
     compression_level: i32,
+    /// Cut, hash and compress the disk as an import does and say what it
+    /// would add to the library, writing nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Show progress even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -246,26 +261,43 @@ fn do_import(a: &ImportArgs) -> Result<()> {
         level: a.compression_level,
         ..ImportOptions::default()
     };
-    let lib = a.home.open()?;
     let mut progress = Progress::new(a.progress, "import");
     let sources = [DiskSource {
         name: "disk0".into(),
         disk: disk.as_ref(),
     }];
-    let done = lib
-        .import(&sources, &reference, &opts, &mut |d, t| progress.set(d, t))
-        .with_context(|| format!("cannot import {} as {reference}", a.disk.display()))?;
+    let mut show = |d, t| progress.set(d, t);
+    let done = if a.dry_run {
+        let lib = a.home.open_existing()?;
+        store::library::dry_import(lib.as_ref(), &sources, &reference, &opts, &mut show)
+    } else {
+        a.home
+            .open()?
+            .import(&sources, &reference, &opts, &mut show)
+    }
+    .with_context(|| format!("cannot import {} as {reference}", a.disk.display()))?;
     progress.finish();
     if a.output == Output::Json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "reference": reference.to_string(),
-            "manifest": done.manifest,
             "data-bytes": done.data_bytes,
             "chunks": done.chunks,
             "new-chunks": done.new_chunks,
             "new-bytes": done.new_bytes,
+            "dry-run": a.dry_run,
         });
+        if !a.dry_run {
+            v["manifest"] = serde_json::json!(done.manifest);
+        }
         out!("{}", serde_json::to_string_pretty(&v)?);
+    } else if a.dry_run {
+        out!(
+            "{reference}: {} of data in {} chunks, {} new ({} would be stored); nothing written",
+            human(done.data_bytes),
+            done.chunks,
+            done.new_chunks,
+            human(done.new_bytes)
+        );
     } else {
         out!(
             "{reference}: {} of data in {} chunks, {} new ({} stored)",

@@ -233,15 +233,29 @@ fn a_library_machine_exports_to_every_format() {
     let dir = tempdir();
     let raw = source(dir.path());
     let home = dir.path().join("library");
-    vmhub_ok([
-        "import",
-        p(&raw),
-        "box:1",
-        "--os",
-        "none",
-        "--home",
-        p(&home),
-    ]);
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            p(&raw),
+            "box:1",
+            "--os",
+            "none",
+            "--home",
+            p(&home),
+        ];
+        args.extend(extra);
+        let out = vmhub_ok(args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let counts = ["data-bytes", "chunks", "new-chunks", "new-bytes"].map(|k| v[k].clone());
+        (counts, v["manifest"].is_string())
+    };
+    // A dry run says what the import will store, and makes no library.
+    let dry = import(&["--dry-run", "--output", "json"]);
+    assert!(!home.exists(), "a dry run made the library");
+    let real = import(&["--output", "json"]);
+    assert_eq!(dry.0, real.0);
+    assert!(real.0[3].as_u64().is_some_and(|n| n > 0), "{real:?}");
+    assert_eq!((dry.1, real.1), (false, true));
     for (format, qemu) in FORMATS {
         let out = dir.path().join(format!("box.{format}"));
         vmhub_ok([

@@ -6,13 +6,14 @@
 //! so cut points do not depend on how the disk was read. Worker threads (one
 //! per core) hash each chunk, skip chunks of zeros and chunks the library
 //! already holds, and compress and store the rest; this thread puts the
-//! results back in disk order and builds the index.
+//! results back in disk order and builds the index. A dry run
+//! ([`Sink::Measure`]) does all of that but the storing.
 
 use crate::blobs::Blobs;
 use crate::digest::{ContentDigest, Digest};
 use crate::index::{ChunkAlgorithm, ChunkRef, Chunking, DiskIndex};
 use crate::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{mpsc, Arc, Mutex};
 use vdisk::{Disk, ExtentKind};
@@ -44,7 +45,45 @@ const PIECE: u64 = 8 << 20;
 /// final sync happen while the workers still compress, instead of after them.
 const SYNC_EVERY: u64 = 32 << 20;
 
-/// What storing a disk did.
+/// Where the chunks an import cuts go.
+#[derive(Clone, Copy)]
+pub enum Sink<'a> {
+    /// Chunks the blobs lack are written into them.
+    Store(&'a Blobs),
+    /// Nothing is written: every chunk is still cut, hashed and compressed,
+    /// and counts as new unless these blobs (when given) hold it already or
+    /// it was put before (the set, shared by the disks of one import).
+    Measure(Option<&'a Blobs>, &'a Mutex<HashSet<Digest>>),
+}
+
+impl Sink<'_> {
+    /// Puts the compressed chunk `blob` with digest `d`; whether it was not
+    /// there before.
+    fn put(&self, blob: &[u8], d: Digest) -> Result<bool> {
+        match self {
+            Sink::Store(blobs) => blobs.put_as(blob, d),
+            Sink::Measure(blobs, put) => {
+                if blobs.is_some_and(|b| b.has(&d, Some(blob.len() as u64))) {
+                    return Ok(false);
+                }
+                let mut put = put
+                    .lock()
+                    .map_err(|_| Error::InvalidArgument("a worker of the import failed".into()))?;
+                Ok(put.insert(d))
+            }
+        }
+    }
+
+    /// The blobs written into, for syncing.
+    fn written(&self) -> Option<&Blobs> {
+        match self {
+            Sink::Store(blobs) => Some(blobs),
+            Sink::Measure(..) => None,
+        }
+    }
+}
+
+/// What storing a disk did (or, measured, would do).
 #[derive(Clone, Debug)]
 pub struct Stored {
     /// How to rebuild the disk.
@@ -95,11 +134,12 @@ pub fn data_runs(disk: &dyn Disk) -> Result<Vec<(u64, u64)>> {
     Ok(runs)
 }
 
-/// Cuts `disk` into chunks, stores those that `known` (content digest to
-/// chunk, for chunks already stored) lacks, and returns the disk's index.
+/// Cuts `disk` into chunks, puts those that `known` (content digest to
+/// chunk, for chunks already stored) lacks into `sink`, and returns the
+/// disk's index.
 pub fn store_disk(
     disk: &dyn Disk,
-    blobs: &Blobs,
+    sink: Sink,
     known: &HashMap<ContentDigest, ChunkRef>,
     chunking: Chunking,
     level: i32,
@@ -118,7 +158,9 @@ pub fn store_disk(
     std::thread::scope(|scope| {
         scope.spawn(move || {
             for () in kicks {
-                let _ = blobs.sync();
+                if let Some(blobs) = sink.written() {
+                    let _ = blobs.sync();
+                }
             }
         });
         let runs = &runs;
@@ -132,7 +174,7 @@ pub fn store_disk(
             let rx = Arc::clone(&job_rx);
             let tx = done_tx.clone();
             let kick = kick.clone();
-            scope.spawn(move || work(&rx, &tx, blobs, known, level, &kick));
+            scope.spawn(move || work(&rx, &tx, sink, known, level, &kick));
         }
         drop(kick);
         drop(done_tx);
@@ -231,7 +273,7 @@ impl Pool {
 fn work(
     jobs: &Mutex<mpsc::Receiver<Job>>,
     done: &mpsc::SyncSender<Result<Done>>,
-    blobs: &Blobs,
+    sink: Sink,
     known: &HashMap<ContentDigest, ChunkRef>,
     level: i32,
     kick: &mpsc::SyncSender<()>,
@@ -270,8 +312,8 @@ fn work(
                             length: data.len() as u32,
                             content,
                         };
-                        let new = blobs.put_as(&blob, r.blob)?;
-                        if new {
+                        let new = sink.put(&blob, r.blob)?;
+                        if new && sink.written().is_some() {
                             unsynced += r.size;
                             if unsynced >= SYNC_EVERY {
                                 unsynced = 0;

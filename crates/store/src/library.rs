@@ -9,7 +9,7 @@
 
 use crate::blobs::Blobs;
 use crate::chunkdisk::ChunkDisk;
-use crate::chunker::{store_disk, DEFAULT_CHUNKING, DEFAULT_LEVEL};
+use crate::chunker::{store_disk, Sink, DEFAULT_CHUNKING, DEFAULT_LEVEL};
 use crate::digest::Digest;
 use crate::index::{ChunkRef, Chunking, DiskIndex, CHUNK_MEDIA_TYPE, DISK_INDEX_MEDIA_TYPE};
 use crate::lock::{lock, Lock};
@@ -197,110 +197,36 @@ impl Library {
         opts: &ImportOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Imported> {
-        if disks.is_empty() || disks.len() > crate::machine::MAX_DISKS {
-            return Err(Error::InvalidArgument(format!(
-                "a machine has 1 to {} disks, not {}",
-                crate::machine::MAX_DISKS,
-                disks.len()
-            )));
-        }
         let _gc = self.gc_lock(false)?;
         let known = self.known_chunks()?;
-        let mut machine_disks = Vec::new();
-        let mut layers = Vec::new();
-        let mut chunk_layers: Vec<Descriptor> = Vec::new();
-        let mut seen: HashSet<Digest> = HashSet::new();
-        let (mut data_bytes, mut new_chunks, mut new_bytes) = (0, 0, 0);
-        for source in disks {
-            let stored = store_disk(
-                source.disk,
-                &self.blobs,
-                &known,
-                opts.chunking,
-                opts.level,
-                progress,
-            )?;
-            data_bytes += stored.data_bytes;
-            new_chunks += stored.new_chunks;
-            new_bytes += stored.new_bytes;
-            for c in &stored.index.chunks {
-                if seen.insert(c.blob) {
-                    chunk_layers.push(Descriptor {
-                        media_type: CHUNK_MEDIA_TYPE.into(),
-                        digest: c.blob,
-                        size: c.size,
-                        artifact_type: None,
-                        annotations: BTreeMap::new(),
-                    });
-                }
-            }
-            let json = stored.index.to_json();
-            let (digest, _) = self.blobs.put(&json)?;
-            layers.push(Descriptor::of(DISK_INDEX_MEDIA_TYPE, &json));
-            let info = source.disk.info()?;
-            machine_disks.push(MachineDisk {
-                name: source.name.clone(),
-                size: source.disk.virtual_size(),
-                format: info.format.to_string(),
-                index: digest,
-            });
-        }
-        let chunks = chunk_layers.len() as u64;
-        layers.extend(chunk_layers);
-        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let machine = Machine {
-            name: reference.name.clone(),
-            version: opts.version.clone(),
-            description: opts.description.clone(),
-            os: opts.os.clone(),
-            architecture: opts.architecture.clone(),
-            firmware: opts.firmware,
-            cpus: opts.cpus,
-            memory: opts.memory,
-            licence: opts.licence.clone(),
-            created: created.clone(),
-            disks: machine_disks,
-        };
-        machine.validate(&reference.to_string())?;
-        let config = machine.to_json();
-        self.blobs.put(&config)?;
-        let mut annotations = BTreeMap::new();
-        annotations.insert("org.opencontainers.image.created".into(), created);
-        annotations.insert(
-            "org.opencontainers.image.title".into(),
-            reference.name.clone(),
-        );
-        if let Some(v) = &opts.version {
-            annotations.insert("org.opencontainers.image.version".into(), v.clone());
-        }
-        if let Some(d) = &opts.description {
-            annotations.insert("org.opencontainers.image.description".into(), d.clone());
-        }
-        if let Some(l) = &opts.licence {
-            annotations.insert("org.opencontainers.image.licenses".into(), l.clone());
-        }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(MANIFEST_MEDIA_TYPE.into()),
-            artifact_type: Some(MACHINE_ARTIFACT_TYPE.into()),
-            config: Descriptor::of(MACHINE_CONFIG_MEDIA_TYPE, &config),
-            layers,
-            subject: None,
-            annotations,
-        };
-        let json = manifest.to_json();
-        let (digest, _) = self.blobs.put(&json)?;
+        let mut put = |json: &[u8]| self.blobs.put(json).map(|(d, _)| d);
+        let (imported, manifest) = assemble(
+            disks,
+            reference,
+            opts,
+            &known,
+            Sink::Store(&self.blobs),
+            &mut put,
+            progress,
+        )?;
         // Everything the new reference names must be durable before it appears.
         self.blobs.sync()?;
-        self.set_ref(reference, &json, None)?;
-        Ok(Imported {
-            manifest: digest,
-            machine,
-            data_bytes,
-            chunks,
-            new_chunks,
-            new_bytes,
-        })
+        self.set_ref(reference, &manifest, None)?;
+        Ok(imported)
+    }
+
+    /// Opens the library at `home` if there is one: `None` when the folder
+    /// is missing or empty (where [`Library::open`] would create one).
+    pub fn open_existing(home: &Path) -> Result<Option<Library>> {
+        let empty = match std::fs::read_dir(home) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io(home, "list", e)),
+        };
+        if empty {
+            return Ok(None);
+        }
+        Library::open(home).map(Some)
     }
 
     /// Every machine, sorted by name and tag.
@@ -513,6 +439,153 @@ impl Library {
     pub(crate) fn gc_lock(&self, exclusive: bool) -> Result<Lock> {
         lock(&self.home.join(GC_LOCK), exclusive)
     }
+}
+
+/// What importing `disks` as `reference` into `library` (or into a new,
+/// empty library when `None`) would store, found the way an import finds it:
+/// every chunk is cut, hashed and compressed, and counted as new unless the
+/// library holds it. Nothing is written; the manifest digest returned is the
+/// one the import would make (but for its creation time).
+pub fn dry_import(
+    library: Option<&Library>,
+    disks: &[DiskSource],
+    reference: &MachineRef,
+    opts: &ImportOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Imported> {
+    let _gc = library.map(|lib| lib.gc_lock(false)).transpose()?;
+    let known = match library {
+        Some(lib) => lib.known_chunks()?,
+        None => HashMap::new(),
+    };
+    let counted = std::sync::Mutex::new(HashSet::new());
+    let mut put = |json: &[u8]| Ok(Digest::of(json));
+    assemble(
+        disks,
+        reference,
+        opts,
+        &known,
+        Sink::Measure(library.map(|lib| &lib.blobs), &counted),
+        &mut put,
+        progress,
+    )
+    .map(|(imported, _)| imported)
+}
+
+/// Cuts `disks` into `sink` and builds the machine: what the import did and
+/// the manifest's JSON. `put` stores (or only names) each disk index, the
+/// configuration and the manifest.
+fn assemble(
+    disks: &[DiskSource],
+    reference: &MachineRef,
+    opts: &ImportOptions,
+    known: &HashMap<crate::digest::ContentDigest, ChunkRef>,
+    sink: Sink,
+    put: &mut dyn FnMut(&[u8]) -> Result<Digest>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Imported, Vec<u8>)> {
+    if disks.is_empty() || disks.len() > crate::machine::MAX_DISKS {
+        return Err(Error::InvalidArgument(format!(
+            "a machine has 1 to {} disks, not {}",
+            crate::machine::MAX_DISKS,
+            disks.len()
+        )));
+    }
+    let mut machine_disks = Vec::new();
+    let mut layers = Vec::new();
+    let mut chunk_layers: Vec<Descriptor> = Vec::new();
+    let mut seen: HashSet<Digest> = HashSet::new();
+    let (mut data_bytes, mut new_chunks, mut new_bytes) = (0, 0, 0);
+    for source in disks {
+        let stored = store_disk(
+            source.disk,
+            sink,
+            known,
+            opts.chunking,
+            opts.level,
+            progress,
+        )?;
+        data_bytes += stored.data_bytes;
+        new_chunks += stored.new_chunks;
+        new_bytes += stored.new_bytes;
+        for c in &stored.index.chunks {
+            if seen.insert(c.blob) {
+                chunk_layers.push(Descriptor {
+                    media_type: CHUNK_MEDIA_TYPE.into(),
+                    digest: c.blob,
+                    size: c.size,
+                    artifact_type: None,
+                    annotations: BTreeMap::new(),
+                });
+            }
+        }
+        let json = stored.index.to_json();
+        let digest = put(&json)?;
+        layers.push(Descriptor::of(DISK_INDEX_MEDIA_TYPE, &json));
+        let info = source.disk.info()?;
+        machine_disks.push(MachineDisk {
+            name: source.name.clone(),
+            size: source.disk.virtual_size(),
+            format: info.format.to_string(),
+            index: digest,
+        });
+    }
+    let chunks = chunk_layers.len() as u64;
+    layers.extend(chunk_layers);
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let machine = Machine {
+        name: reference.name.clone(),
+        version: opts.version.clone(),
+        description: opts.description.clone(),
+        os: opts.os.clone(),
+        architecture: opts.architecture.clone(),
+        firmware: opts.firmware,
+        cpus: opts.cpus,
+        memory: opts.memory,
+        licence: opts.licence.clone(),
+        created: created.clone(),
+        disks: machine_disks,
+    };
+    machine.validate(&reference.to_string())?;
+    let config = machine.to_json();
+    put(&config)?;
+    let mut annotations = BTreeMap::new();
+    annotations.insert("org.opencontainers.image.created".into(), created);
+    annotations.insert(
+        "org.opencontainers.image.title".into(),
+        reference.name.clone(),
+    );
+    if let Some(v) = &opts.version {
+        annotations.insert("org.opencontainers.image.version".into(), v.clone());
+    }
+    if let Some(d) = &opts.description {
+        annotations.insert("org.opencontainers.image.description".into(), d.clone());
+    }
+    if let Some(l) = &opts.licence {
+        annotations.insert("org.opencontainers.image.licenses".into(), l.clone());
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+        artifact_type: Some(MACHINE_ARTIFACT_TYPE.into()),
+        config: Descriptor::of(MACHINE_CONFIG_MEDIA_TYPE, &config),
+        layers,
+        subject: None,
+        annotations,
+    };
+    let json = manifest.to_json();
+    let digest = put(&json)?;
+    Ok((
+        Imported {
+            manifest: digest,
+            machine,
+            data_bytes,
+            chunks,
+            new_chunks,
+            new_bytes,
+        },
+        json,
+    ))
 }
 
 /// The machine reference a layout entry names, if it names a valid one.

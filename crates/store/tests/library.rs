@@ -67,9 +67,36 @@ fn import(lib: &Library, path: &Path, r: &str) -> store::library::Imported {
         name: "disk0".into(),
         disk: disk.as_ref(),
     }];
-    // Small chunks, so that these small disks have many of them whatever
-    // the default size is.
-    let opts = ImportOptions {
+    lib.import(
+        &sources,
+        &r.parse().unwrap(),
+        &small_chunks(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
+/// What importing `path` into `lib` (or a new library) would store.
+fn dry_import(lib: Option<&Library>, path: &Path, r: &str) -> store::library::Imported {
+    let disk = vdisk::open(path, vdisk::OpenOptions::default()).unwrap();
+    let sources = [DiskSource {
+        name: "disk0".into(),
+        disk: disk.as_ref(),
+    }];
+    store::library::dry_import(
+        lib,
+        &sources,
+        &r.parse().unwrap(),
+        &small_chunks(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
+/// Small chunks, so that these small disks have many of them whatever the
+/// default size is.
+fn small_chunks() -> ImportOptions {
+    ImportOptions {
         chunking: Chunking {
             algorithm: ChunkAlgorithm::FastCdc2020,
             min: 16 << 10,
@@ -77,9 +104,7 @@ fn import(lib: &Library, path: &Path, r: &str) -> store::library::Imported {
             max: 256 << 10,
         },
         ..ImportOptions::default()
-    };
-    lib.import(&sources, &r.parse().unwrap(), &opts, &mut |_, _| {})
-        .unwrap()
+    }
 }
 
 fn read_all(lib: &Library, r: &str) -> Vec<u8> {
@@ -133,6 +158,72 @@ fn a_disk_comes_back_byte_exact_and_versions_share_chunks() {
     );
     // Importing the same disk again stores nothing.
     assert_eq!(import(&lib, &v2, "acme/box:again").new_chunks, 0);
+}
+
+/// Every file under `dir`, with its length and modification time.
+fn files(
+    dir: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.insert(e.path(), (m.len(), m.modified().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_dry_run_counts_what_an_import_stores_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("lib");
+    let v1 = dir.path().join("v1.raw");
+    let mut image = make_disk(&v1, 32 * MIB, 11);
+    // No library yet: none is made.
+    let dry = dry_import(None, &v1, "m:v1");
+    assert!(!home.exists());
+    let lib = Library::open(&home).unwrap();
+    let real = import(&lib, &v1, "m:v1");
+    let counts = |i: &store::library::Imported| (i.data_bytes, i.chunks, i.new_chunks, i.new_bytes);
+    assert_eq!(counts(&dry), counts(&real));
+    assert!(real.new_bytes > 0);
+    let first_chunks = real.new_chunks;
+
+    // A second version, measured against the library that holds the first.
+    let mut rng = Rng(5);
+    for _ in 0..8 {
+        let at = (rng.next() % (31 * MIB)) as usize;
+        rng.fill(&mut image[at..at + 4096]);
+    }
+    let v2 = dir.path().join("v2.raw");
+    write_sparse(&v2, &image);
+    let before = files(&home);
+    let dry = dry_import(Some(&lib), &v2, "m:v2");
+    assert_eq!(files(&home), before, "a dry run changed the library");
+    assert!(dry.new_chunks > 0 && dry.new_chunks < dry.chunks, "{dry:?}");
+    let real = import(&lib, &v2, "m:v2");
+    assert_eq!(counts(&dry), counts(&real));
+    assert_eq!(read_all(&lib, "m:v2"), image);
+
+    // Two disks of one machine that share most chunks: each counts once.
+    let disks = [&v1, &v2].map(|p| vdisk::open(p, vdisk::OpenOptions::default()).unwrap());
+    let sources = disks.each_ref().map(|d| DiskSource {
+        name: "disk".into(),
+        disk: d.as_ref(),
+    });
+    let r: MachineRef = "two:1".parse().unwrap();
+    let dry =
+        store::library::dry_import(None, &sources, &r, &small_chunks(), &mut |_, _| {}).unwrap();
+    let fresh = Library::open(&dir.path().join("fresh")).unwrap();
+    let real = fresh
+        .import(&sources, &r, &small_chunks(), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(counts(&dry), counts(&real));
+    assert!(real.new_chunks < 2 * first_chunks, "{real:?}");
 }
 
 #[test]
