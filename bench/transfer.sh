@@ -41,7 +41,7 @@
 #   import   `vmhub import --dry-run v1.raw` (chunk + hash + compress: the disk
 #            read, cut by FastCDC, every chunk hashed with BLAKE3, compressed
 #            with zstd and its blob hashed with SHA-256, nothing written; the
-#            ≥ 500 MiB/s target of issue 6 is this) and `vmhub import v1.raw`
+#            ≥ 500 MiB/s target is for this) and `vmhub import v1.raw`
 #            into a fresh library (the same, plus the blobs written and synced
 #            to storage), interleaved, REPS times each. MiB/s is of the disk's
 #            data, the bytes vmhub reads (it skips holes: "data-bytes" of its
