@@ -128,42 +128,64 @@ pub fn merge(
             off += n;
         }
     }
+    let removed: Vec<PathBuf> = chain[..target_index].to_vec();
     // A second thread reads the pieces (asking storage for the next ones
-    // first) while this one writes those read before.
+    // first) while this one writes those read before, and a third syncs the
+    // target's data as it goes (any descriptor of the file will do), so that
+    // little is left for the final flush.
     let mut done = 0u64;
     let top_ref = top.as_ref();
     let pieces = &pieces;
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
-        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        scope.spawn(move || {
-            for (i, &(off, n)) in pieces.iter().enumerate() {
-                if i == 0 {
-                    for &(o, l) in pieces.iter().take(AHEAD) {
+    let removed_ref = &removed;
+    let sync_file =
+        std::fs::File::open(&target_path).map_err(|e| Error::io(&target_path, "open", e))?;
+    crate::io::with_background_sync(&sync_file, &target_path, |written| {
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(DEPTH);
+            let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            scope.spawn(move || {
+                for (i, &(off, n)) in pieces.iter().enumerate() {
+                    if i == 0 {
+                        for &(o, l) in pieces.iter().take(AHEAD) {
+                            top_ref.prefetch(o, l);
+                        }
+                    }
+                    if let Some(&(o, l)) = pieces.get(i + AHEAD) {
                         top_ref.prefetch(o, l);
                     }
+                    if !send_piece(top_ref, off, n, &recycle_rx, &tx) {
+                        return;
+                    }
                 }
-                if let Some(&(o, l)) = pieces.get(i + AHEAD) {
-                    top_ref.prefetch(o, l);
+                // Everything is read: the cached pages of the disks to be
+                // removed go now, while the last writes go on, so that
+                // removing them has less to free.
+                for p in removed_ref {
+                    if let Ok(f) = std::fs::File::open(p) {
+                        crate::io::forget(&f, 0, None);
+                    }
                 }
-                if !send_piece(top_ref, off, n, &recycle_rx, &tx) {
-                    return;
+            });
+            let mut since = 0u64;
+            for piece in rx {
+                let (off, buf) = piece?;
+                target.write_at(&buf, off)?;
+                let n = buf.len() as u64;
+                done += n;
+                since += n;
+                if since >= crate::io::WRITEBACK_EVERY {
+                    written();
+                    since = 0;
                 }
+                progress(done, total);
+                // The reader may be done; then the buffer is simply freed.
+                let _ = recycle_tx.send(buf);
             }
-        });
-        for piece in rx {
-            let (off, buf) = piece?;
-            target.write_at(&buf, off)?;
-            done += buf.len() as u64;
-            progress(done, total);
-            // The reader may be done; then the buffer is simply freed.
-            let _ = recycle_tx.send(buf);
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     target.flush()?;
     drop(top);
-    let removed: Vec<PathBuf> = chain[..target_index].to_vec();
     for r in &removed {
         std::fs::remove_file(r).map_err(|e| Error::io(r, "remove", e))?;
     }
