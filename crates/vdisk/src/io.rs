@@ -222,17 +222,18 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) {
 }
 
 /// Bytes written between two background syncs (see [`with_background_sync`]).
-pub(crate) const WRITEBACK_EVERY: u64 = 32 << 20;
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// Runs `work`, which writes much into `file`, while a second thread syncs the
-/// file's data whenever `work` calls the function it is given (after every
-/// [`WRITEBACK_EVERY`] bytes, say). The writes then reach storage while the
-/// work goes on, instead of all in the final flush. A sync already queued
-/// covers later calls; only the caller's final flush reports errors.
+/// file's data after every [`WRITEBACK_EVERY`] bytes that `work` says it wrote
+/// (by calling the function it is given with each write's length). The writes
+/// then reach storage while the work goes on, instead of all in the final
+/// flush. A sync already queued covers later ones; only the caller's final
+/// flush reports errors.
 pub(crate) fn with_background_sync<T>(
     file: &File,
     path: &Path,
-    work: impl FnOnce(&mut dyn FnMut()) -> Result<T>,
+    work: impl FnOnce(&mut dyn FnMut(u64)) -> Result<T>,
 ) -> Result<T> {
     let syncer = file.try_clone().map_err(|e| Error::io(path, "dup", e))?;
     let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
@@ -243,10 +244,15 @@ pub(crate) fn with_background_sync<T>(
             }
         });
         let result = {
-            let mut nudge = || {
-                let _ = kick.try_send(());
+            let mut since = 0u64;
+            let mut wrote = |n: u64| {
+                since += n;
+                if since >= WRITEBACK_EVERY {
+                    since = 0;
+                    let _ = kick.try_send(());
+                }
             };
-            work(&mut nudge)
+            work(&mut wrote)
         };
         drop(kick);
         result

@@ -6,7 +6,7 @@
 //! name and renamed into place once complete and durable.
 
 use crate::format::{create_in, refuse_existing, CreateOptions};
-use crate::io::{is_zero, AtomicFile, WRITEBACK_EVERY};
+use crate::io::{is_zero, AtomicFile};
 use crate::{Disk, Error, ExtentKind, Result};
 use std::path::Path;
 use std::sync::mpsc;
@@ -38,10 +38,10 @@ pub fn copy_data(
     dst: &mut dyn Disk,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    copy_data_with(src, dst, progress, &mut || {})
+    copy_data_with(src, dst, progress, &mut |_| {})
 }
 
-/// [`copy_data`], calling `written` after every [`WRITEBACK_EVERY`] bytes written.
+/// [`copy_data`], calling `written` with the length of every write.
 ///
 /// A reader thread reads and scans for zeros while this thread writes, so that
 /// reading and writing (both mostly memory copies in the kernel) overlap.
@@ -49,7 +49,7 @@ fn copy_data_with(
     src: &dyn Disk,
     dst: &mut dyn Disk,
     progress: &mut dyn FnMut(u64, u64),
-    written: &mut dyn FnMut(),
+    written: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let size = src.virtual_size();
     let (tx, rx) = mpsc::sync_channel::<Result<Chunk>>(DEPTH);
@@ -60,16 +60,11 @@ fn copy_data_with(
                 let _ = tx.send(Err(e));
             }
         });
-        let mut since = 0u64;
         for chunk in rx {
             let chunk = chunk?;
             for &(s, e) in &chunk.runs {
                 dst.write_at(&chunk.buf[s..e], chunk.offset + s as u64)?;
-                since += (e - s) as u64;
-            }
-            if since >= WRITEBACK_EVERY {
-                written();
-                since = 0;
+                written((e - s) as u64);
             }
             progress(chunk.done, size);
             if !chunk.buf.is_empty() {

@@ -166,17 +166,12 @@ pub fn merge(
                     }
                 }
             });
-            let mut since = 0u64;
             for piece in rx {
                 let (off, buf) = piece?;
                 target.write_at(&buf, off)?;
                 let n = buf.len() as u64;
                 done += n;
-                since += n;
-                if since >= crate::io::WRITEBACK_EVERY {
-                    written();
-                    since = 0;
-                }
+                written(n);
                 progress(done, total);
                 // The reader may be done; then the buffer is simply freed.
                 let _ = recycle_tx.send(buf);

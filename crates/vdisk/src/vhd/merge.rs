@@ -247,19 +247,14 @@ pub fn merge_with(
             }
             // Small merges release in four steps or so rather than in one.
             let release_every = RELEASE_EVERY.min((total / 4).max(1 << 20));
-            let mut since = 0;
             let mut since_release = 0;
             for piece in rx {
                 let (off, buf) = piece?;
                 target.write_at(&buf, off)?;
                 let n = buf.len() as u64;
                 done += n;
-                since += n;
                 since_release += n;
-                if since >= crate::io::WRITEBACK_EVERY {
-                    written();
-                    since = 0;
-                }
+                written(n);
                 if releasing && since_release >= release_every {
                     // Pieces go in ascending order: everything below the
                     // end of this one is in the parent, durably after this.
