@@ -107,6 +107,15 @@ fn small_chunks() -> ImportOptions {
     }
 }
 
+/// Overwrites 4 KiB of `image` with random bytes in `places` random places.
+fn scribble(image: &mut [u8], places: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    for _ in 0..places {
+        let at = (rng.next() % (image.len() as u64 - 4096)) as usize;
+        rng.fill(&mut image[at..at + 4096]);
+    }
+}
+
 fn read_all(lib: &Library, r: &str) -> Vec<u8> {
     let r: MachineRef = r.parse().unwrap();
     let (_, _, m) = lib.resolve(&r).unwrap();
@@ -135,11 +144,7 @@ fn a_disk_comes_back_byte_exact_and_versions_share_chunks() {
     assert!(first.data_bytes < 40 * MIB, "{}", first.data_bytes);
 
     // Change 64 KiB in 16 places: only the chunks around them are new.
-    let mut rng = Rng(99);
-    for _ in 0..16 {
-        let at = (rng.next() % (63 * MIB)) as usize;
-        rng.fill(&mut image[at..at + 4096]);
-    }
+    scribble(&mut image, 16, 99);
     let v2 = dir.path().join("v2.raw");
     write_sparse(&v2, &image);
     let second = import(&lib, &v2, "acme/box:v2");
@@ -194,11 +199,7 @@ fn a_dry_run_counts_what_an_import_stores_and_writes_nothing() {
     let first_chunks = real.new_chunks;
 
     // A second version, measured against the library that holds the first.
-    let mut rng = Rng(5);
-    for _ in 0..8 {
-        let at = (rng.next() % (31 * MIB)) as usize;
-        rng.fill(&mut image[at..at + 4096]);
-    }
+    scribble(&mut image, 8, 5);
     let v2 = dir.path().join("v2.raw");
     write_sparse(&v2, &image);
     let before = files(&home);
