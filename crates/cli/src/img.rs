@@ -102,7 +102,7 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
-    /// Grow a fixed or dynamic VHD, or shrink it when the part cut off holds no data.
+    /// Grow a fixed or dynamic VHD or VHDX, or shrink it when the part cut off holds no data.
     Resize {
         /// The image.
         file: PathBuf,
@@ -423,7 +423,7 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
         ImgCommand::Bench(args) => crate::bench::run(args)?,
         ImgCommand::FromDir(a) => run_from_dir(a)?,
         ImgCommand::Resize { file, size, force } => {
-            for n in vdisk::vhd::resize::resize(&file, size, force)? {
+            for n in vdisk::ops::resize::resize(&file, size, force)? {
                 eprintln!("vmhub: note: {n}");
             }
             let v = vdisk::open(&file, OpenOptions::default())?.virtual_size();

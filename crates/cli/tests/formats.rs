@@ -407,7 +407,6 @@ fn vhd_only_commands_name_the_format_they_refuse() {
     let bytes = std::fs::read(&img).unwrap();
     for args in [
         vec!["img", "compact", p(&img)],
-        vec!["img", "resize", p(&img), "32M"],
         vec!["img", "relink", p(&child), p(&img)],
     ] {
         let out = vmhub(&args);
@@ -420,4 +419,118 @@ fn vhd_only_commands_name_the_format_they_refuse() {
         assert!(err.contains(".vhdx"), "{args:?}: {err}");
     }
     assert!(std::fs::read(&img).unwrap() == bytes);
+    // Resizing takes VHD and VHDX, and names what it refuses.
+    let qcow2 = dir.path().join("disk.qcow2");
+    peer_ok(
+        "qemu-img",
+        ["create", "-q", "-f", "qcow2", p(&qcow2), "16M"],
+    );
+    let out = vmhub(["img", "resize", p(&qcow2), "32M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("qcow2 images is not supported") && err.contains("disk.qcow2"),
+        "{err}"
+    );
+}
+
+/// Runs qemu-io commands on a VHDX and fails on a pattern that did not match.
+fn qemu_io_vhdx(img: &Path, commands: &[&str]) {
+    let mut args = vec!["-f", "vhdx"];
+    for c in commands {
+        args.extend(["-c", c]);
+    }
+    args.push(p(img));
+    let out = peer_ok("qemu-io", &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("failed") && text.matches(" bytes at offset ").count() == commands.len(),
+        "qemu-io {commands:?}: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn resizing_a_vhdx_keeps_its_data_and_qemu_reads_it() {
+    let dir = tempdir();
+    const M: u64 = 1 << 20;
+    // One made by qemu-img, one by vmhub, and a fixed one.
+    for maker in ["qemu", "vmhub", "fixed"] {
+        let img = dir.path().join(format!("{maker}.vhdx"));
+        match maker {
+            "qemu" => peer_ok("qemu-img", ["create", "-q", "-f", "vhdx", p(&img), "64M"]),
+            "vmhub" => vmhub_ok(["img", "create", p(&img), "64M"]),
+            _ => vmhub_ok(["img", "create", p(&img), "64M", "--type", "fixed"]),
+        };
+        // Data at both ends, the last MiB in the block the old end cuts.
+        qemu_io_vhdx(&img, &["write -P 0x5a 0 1M", "write -P 0x6b 63M 1M"]);
+        let size = |img: &Path| u64_field(&qemu_info_as("vhdx", img), "virtual-size");
+
+        vmhub_ok(["img", "resize", p(&img), "200M"]);
+        assert_eq!(size(&img), 200 * M);
+        assert_eq!(vhdiinfo(&img).media_size, 200 * M);
+        if maker == "fixed" {
+            // Every block of a fixed disk is in the file, the new ones too.
+            let len = std::fs::metadata(&img).unwrap().len();
+            assert!(len >= 200 * M, "{len}");
+        }
+        qemu_check("vhdx", &img);
+        vmhub_check(&img);
+        qemu_io_vhdx(
+            &img,
+            &[
+                "read -P 0x5a 0 1M",
+                "read -P 0x6b 63M 1M",
+                "read -P 0 64M 136M",
+                "write -P 0x77 150M 1M",
+            ],
+        );
+        qemu_io_vhdx(&img, &["read -P 0x77 150M 1M"]);
+
+        // Shrinking over data is refused, naming where it is, and changes nothing.
+        let before = std::fs::read(&img).unwrap();
+        let out = vmhub(["img", "resize", p(&img), "100M"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            err.contains(&format!("first at offset {}", 150 * M)),
+            "{err}"
+        );
+        assert!(std::fs::read(&img).unwrap() == before);
+
+        // Forced, the data goes, and does not come back with a later grow;
+        // nor does the part of a block cut in the middle.
+        vmhub_ok(["img", "resize", p(&img), "100M", "--force"]);
+        assert_eq!(size(&img), 100 * M);
+        qemu_check("vhdx", &img);
+        vmhub_ok(["img", "resize", p(&img), "65024K", "--force"]);
+        vmhub_ok(["img", "resize", p(&img), "200M"]);
+        qemu_check("vhdx", &img);
+        vmhub_check(&img);
+        qemu_io_vhdx(
+            &img,
+            &[
+                "read -P 0x5a 0 1M",
+                "read -P 0x6b 63M 512K",
+                "read -P 0 65024K 139776K",
+            ],
+        );
+    }
+
+    // What cannot be done is refused with the reason.
+    let img = dir.path().join("qemu.vhdx");
+    let child = dir.path().join("child.vhdx");
+    vmhub_ok(["img", "create", p(&child), "--parent", p(&img)]);
+    let before = std::fs::read(&img).unwrap();
+    for (args, why) in [
+        (vec!["img", "resize", p(&child), "300M"], "differencing"),
+        (vec!["img", "resize", p(&img), "64T"], "BAT region"),
+        (vec!["img", "resize", p(&img), "65T"], "a VHDX holds"),
+    ] {
+        let out = vmhub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    assert!(std::fs::read(&img).unwrap() == before);
 }

@@ -4,3 +4,4 @@ pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod merge;
+pub mod resize;

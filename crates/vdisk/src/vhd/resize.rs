@@ -10,8 +10,8 @@ use super::bat::{self, Bat, UNUSED};
 use super::create::plan_size;
 use super::footer::{DiskType, Footer, FOOTER_SIZE};
 use super::{read_footer, VhdDisk, MAX_SIZE};
-use crate::io::{file_len, is_zero, read_exact_at, sync_data, write_all_at};
-use crate::{Disk, Error, ExtentKind, Result};
+use crate::io::{file_len, read_exact_at, sync_data, write_all_at};
+use crate::{Disk, Error, Result};
 use std::fs::File;
 use std::path::Path;
 
@@ -36,7 +36,7 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
         }
         let old = disk.virtual_size();
         if new < old {
-            if let Some(at) = first_data(&disk, new, old - new)? {
+            if let Some(at) = crate::ops::resize::first_data(&disk, new, old - new)? {
                 if !force {
                     return Err(Error::InvalidArgument(format!(
                         "{}: the part past {new} bytes holds data (first at offset {at}); use --force to cut it off",
@@ -69,28 +69,6 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
         }
     }
     Ok(notes)
-}
-
-/// The first offset in `[offset, offset+len)` whose byte is not zero.
-fn first_data(disk: &VhdDisk, offset: u64, len: u64) -> Result<Option<u64>> {
-    let mut buf = vec![0u8; 1 << 20];
-    for e in disk
-        .map(offset, len)?
-        .into_iter()
-        .filter(|e| e.kind == ExtentKind::Data)
-    {
-        let mut at = e.offset;
-        while at < e.end() {
-            let n = (e.end() - at).min(buf.len() as u64) as usize;
-            disk.read_at(&mut buf[..n], at)?;
-            if !is_zero(&buf[..n]) {
-                let i = buf[..n].iter().position(|&b| b != 0).unwrap_or(0);
-                return Ok(Some(at + i as u64));
-            }
-            at += n as u64;
-        }
-    }
-    Ok(None)
 }
 
 fn resize_fixed(file: &File, path: &Path, footer: &Footer, old: u64, new: u64) -> Result<()> {

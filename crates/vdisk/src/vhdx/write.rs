@@ -165,7 +165,7 @@ impl VhdxDisk {
         self.set_bits(block, s0 / sector, s1 / sector)
     }
 
-    fn set_entry(&mut self, index: u64, e: u64) {
+    pub(super) fn set_entry(&mut self, index: u64, e: u64) {
         if let Some(slot) = self.bat.get_mut(index as usize) {
             *slot = e;
             self.dirty.insert(index * 8 / log::SECTOR as u64);
@@ -182,6 +182,12 @@ impl VhdxDisk {
         if !self.pending() {
             return Ok(());
         }
+        self.commit(Vec::new())
+    }
+
+    /// Writes the changed bitmap pages and BAT sectors, then the 4 KiB
+    /// pages of `extra` (file offset, bytes), through the log.
+    pub(super) fn commit(&mut self, extra: Vec<(u64, Vec<u8>)>) -> Result<()> {
         let path = self.store.path.clone();
         sync_data(&self.store.file, &path)?;
         let log_guid = new_guid(&path)?;
@@ -208,6 +214,7 @@ impl VhdxDisk {
             }
             all.push((self.bat_offset + s * log::SECTOR as u64, data));
         }
+        all.extend(extra);
         let per_entry = log::capacity(u64::from(self.header.log_length)).max(1);
         let file_size = self.store.real_len;
         for writes in all.chunks(per_entry) {
