@@ -1,6 +1,6 @@
-//! Crash safety: writers, merges, conversions and compactions are killed with
-//! SIGKILL at random, seeded moments (48 of each kind, 288 in all: merges of
-//! VHD chains, and of chains with VHDX or qcow2 disks).
+//! Crash safety: writers, merges, conversions, compactions and resizes are
+//! killed with SIGKILL at random, seeded moments (48 of each kind, 336 in all:
+//! merges of VHD chains, and of chains with VHDX or qcow2 disks).
 //!
 //! - A writer of a dynamic or differencing disk: the image must check clean,
 //!   read the same in qemu-img, and hold every write acknowledged by a flush;
@@ -8,6 +8,9 @@
 //! - A merge: the chain reads as before it, and merging again completes it.
 //! - A conversion or compaction: the output (or image) is the old file or the
 //!   new one, whole; only hidden temporary files are left behind.
+//! - A resize of a VHDX (fixed or dynamic, grown or shrunk): it has the old
+//!   size or the new one, checks clean, and reads as before up to the
+//!   smaller of the two, zeros after.
 //!
 //! A parent's bytes never change.
 
@@ -355,7 +358,7 @@ fn merge_harness_vhdx_qcow2() {
 /// tens of milliseconds, so that kills land inside it.
 const BIG: u64 = 48 << 20;
 
-/// The converter or compactor, run in a child process.
+/// The converter, compactor or resizer, run in a child process.
 #[test]
 #[ignore = "run by convert_harness and compact_harness in a child process"]
 fn crash_child_rebuilder() {
@@ -387,6 +390,10 @@ fn crash_child_rebuilder() {
                 &mut |_, _| {},
             )
             .unwrap();
+        }
+        "resize" => {
+            let size = std::env::var("CRASH_SIZE").unwrap().parse().unwrap();
+            vdisk::ops::resize::resize(img, size, true).unwrap();
         }
         other => panic!("unknown job {other}"),
     }
@@ -584,5 +591,104 @@ fn compact_harness() {
     assert!(
         killed >= ITERATIONS / 4,
         "only {killed} compactions were killed mid-way ({temps} left temporary files)"
+    );
+}
+
+#[test]
+fn resize_harness() {
+    let dir = tempfile::tempdir().unwrap();
+    // Templates: a dynamic and a fixed VHDX with scattered data; each
+    // iteration grows or shrinks a fresh copy of one.
+    let mut templates = Vec::new();
+    for (name, image_type) in [
+        ("dynamic.template", vdisk::ImageType::Dynamic),
+        ("fixed.template", vdisk::ImageType::Fixed),
+    ] {
+        let t = dir.path().join(name);
+        let opts = CreateOptions {
+            format: vdisk::Format::Vhdx,
+            image_type,
+            block_size: Some(1 << 20),
+            ..CreateOptions::default()
+        };
+        vdisk::create(&t, BIG, &opts, false).unwrap();
+        let mut model = vec![0u8; BIG as usize];
+        scatter(&t, &mut model, 0x5e7 ^ image_type as u64);
+        templates.push((t, model));
+    }
+    let img = dir.path().join("img.vhdx");
+    // How long a whole resize takes here (the child's start included), so
+    // that the kills spread over all of it.
+    std::fs::copy(&templates[0].0, &img).unwrap();
+    let started = std::time::Instant::now();
+    let env = [
+        ("CRASH_JOB", std::ffi::OsStr::new("resize")),
+        ("CRASH_IMG", img.as_os_str()),
+        ("CRASH_SIZE", std::ffi::OsStr::new("1048576")),
+    ];
+    assert!(spawn(&env, "crash_child_rebuilder")
+        .wait()
+        .unwrap()
+        .success());
+    let span = (started.elapsed().as_millis() as u64 * 5 / 4).max(1);
+    let mut rng = 0x7e512e_u64;
+    let (mut killed, mut inside, mut resized, mut replayed) = (0, 0, 0, 0);
+    for iter in 0..ITERATIONS {
+        rng = splitmix(rng);
+        let (template, model) = &templates[(iter % 2) as usize];
+        // Grown to twice the size, or shrunk to half (forced: data is cut).
+        let target = if iter / 2 % 2 == 0 { 2 * BIG } else { BIG / 2 };
+        std::fs::copy(template, &img).unwrap();
+        let size_arg = target.to_string();
+        let was_killed = kill_during(
+            "resize",
+            &[
+                ("CRASH_IMG", img.as_os_str()),
+                ("CRASH_SIZE", std::ffi::OsStr::new(&size_arg)),
+            ],
+            rng,
+            span,
+        );
+        killed += was_killed as u64;
+        // Killed after the resize had begun to write (its first write is a
+        // header; they all come before the process ends).
+        inside +=
+            (was_killed && std::fs::read(&img).unwrap() != std::fs::read(template).unwrap()) as u64;
+        // Opening for writing replays what the kill left in the log.
+        let info = vdisk::open(&img, OpenOptions { writable: true })
+            .unwrap()
+            .info()
+            .unwrap();
+        if let Some(vdisk::FormatDetails::Vhdx(v)) = &info.details {
+            replayed += (v.log_state == "replayed") as u64;
+        }
+        assert!(vdisk::check(&img).unwrap().clean, "iteration {iter}");
+        let now = read_big(&img);
+        let size = now.len() as u64;
+        assert!(
+            size == BIG || size == target,
+            "iteration {iter}: {size} bytes, neither {BIG} nor {target}"
+        );
+        resized += (size == target) as u64;
+        let kept = size.min(BIG) as usize;
+        assert!(
+            now[..kept] == model[..kept],
+            "iteration {iter}: the disk reads differently after a killed resize"
+        );
+        assert!(
+            now[kept..].iter().all(|&b| b == 0),
+            "iteration {iter}: the grown part is not zeros"
+        );
+    }
+    eprintln!(
+        "{killed} of {ITERATIONS} resizes killed within {span} ms, {inside} of them after the image had changed ({resized} left at the new size, {replayed} finished by replaying the log)"
+    );
+    assert!(
+        inside >= ITERATIONS / 8,
+        "only {inside} resizes were killed after the image had changed"
+    );
+    assert!(
+        killed >= ITERATIONS / 8,
+        "only {killed} resizes were killed mid-way"
     );
 }
