@@ -90,7 +90,7 @@ pub enum ImgCommand {
         #[arg(long)]
         progress: bool,
     },
-    /// Drop the blocks of a dynamic VHD that read as zeros, and shrink the file.
+    /// Drop the blocks of a dynamic VHD or VHDX that read as zeros, and shrink the file.
     Compact {
         /// The image.
         file: PathBuf,
@@ -443,13 +443,14 @@ fn run_other(cmd: ImgCommand) -> Result<()> {
                 Vec::new()
             };
             let mut bar = Progress::new(progress, "compacting");
-            let c = vdisk::vhd::compact::compact_with(&file, &free, &mut |d, t| bar.set(d, t))?;
+            let mut show = |d, t| bar.set(d, t);
+            let (before, after) = vdisk::ops::compact::compact(&file, &free, &mut show)?;
             bar.finish();
             out!(
                 "Compacted {}: {} → {}",
                 file.display(),
-                human(c.before),
-                human(c.after)
+                human(before),
+                human(after)
             );
         }
         ImgCommand::Merge {

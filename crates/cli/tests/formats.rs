@@ -395,43 +395,42 @@ fn merging_a_qcow2_chain_matches_qemu_img_commit() {
     assert!(report.status.success(), "{}", describe(&report));
 }
 
-/// Compact, resize and relink work on VHDs only: other formats get an error
-/// that names the file and its format, and the file is left as it was.
+/// Relink works on VHDs only, compact and resize on VHDs and VHDX: other
+/// formats get an error that names the file and its format, and the file is
+/// left as it was.
 #[test]
-fn vhd_only_commands_name_the_format_they_refuse() {
+fn commands_name_the_format_they_refuse() {
     let dir = tempdir();
     let img = dir.path().join("disk.vhdx");
     vmhub_ok(["img", "create", p(&img), "16M"]);
     let child = dir.path().join("child.vhdx");
     vmhub_ok(["img", "create", p(&child), "--parent", p(&img)]);
     let bytes = std::fs::read(&img).unwrap();
-    for args in [
-        vec!["img", "compact", p(&img)],
-        vec!["img", "relink", p(&child), p(&img)],
-    ] {
-        let out = vmhub(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "{args:?} succeeded");
-        assert!(
-            err.contains("vhdx images is not supported"),
-            "{args:?}: {err}"
-        );
-        assert!(err.contains(".vhdx"), "{args:?}: {err}");
-    }
+    let out = vmhub(["img", "relink", p(&child), p(&img)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "relink succeeded");
+    assert!(err.contains("vhdx images is not supported"), "{err}");
+    assert!(err.contains("child.vhdx"), "{err}");
     assert!(std::fs::read(&img).unwrap() == bytes);
-    // Resizing takes VHD and VHDX, and names what it refuses.
+    // Resizing and compacting take VHD and VHDX, and name what they refuse.
     let qcow2 = dir.path().join("disk.qcow2");
     peer_ok(
         "qemu-img",
         ["create", "-q", "-f", "qcow2", p(&qcow2), "16M"],
     );
-    let out = vmhub(["img", "resize", p(&qcow2), "32M"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        err.contains("qcow2 images is not supported") && err.contains("disk.qcow2"),
-        "{err}"
-    );
+    for args in [
+        vec!["img", "resize", p(&qcow2), "32M"],
+        vec!["img", "compact", p(&qcow2)],
+    ] {
+        let out = vmhub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            err.contains("qcow2 images is not supported, only VHD and VHDX")
+                && err.contains("disk.qcow2"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Runs qemu-io commands on a VHDX and fails on a pattern that did not match.
@@ -515,6 +514,20 @@ fn resizing_a_vhdx_keeps_its_data_and_qemu_reads_it() {
                 "read -P 0 65024K 139776K",
             ],
         );
+        // Compacting a dynamic one afterwards keeps what it reads.
+        if maker != "fixed" {
+            let out = vmhub_ok(["img", "compact", p(&img)]);
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("Compacted"));
+            qemu_check("vhdx", &img);
+            qemu_io_vhdx(
+                &img,
+                &[
+                    "read -P 0x5a 0 1M",
+                    "read -P 0x6b 63M 512K",
+                    "read -P 0 65024K 139776K",
+                ],
+            );
+        }
     }
 
     // What cannot be done is refused with the reason.

@@ -1,6 +1,7 @@
 //! Crash safety: writers, merges, conversions, compactions and resizes are
-//! killed with SIGKILL at random, seeded moments (48 of each kind, 336 in all:
-//! merges of VHD chains, and of chains with VHDX or qcow2 disks).
+//! killed with SIGKILL at random, seeded moments (48 of each kind, 384 in all:
+//! merges of VHD chains, and of chains with VHDX or qcow2 disks; compactions
+//! of VHD and of VHDX).
 //!
 //! - A writer of a dynamic or differencing disk: the image must check clean,
 //!   read the same in qemu-img, and hold every write acknowledged by a flush;
@@ -11,6 +12,7 @@
 //! - A resize of a VHDX (fixed or dynamic, grown or shrunk): it has the old
 //!   size or the new one, checks clean, and reads as before up to the
 //!   smaller of the two, zeros after.
+//! - A compaction of a VHDX, in place: it checks clean and reads as before.
 //!
 //! A parent's bytes never change.
 
@@ -391,6 +393,9 @@ fn crash_child_rebuilder() {
             )
             .unwrap();
         }
+        "compact-vhdx" => {
+            vdisk::ops::compact::compact(img, &[], &mut |_, _| {}).unwrap();
+        }
         "resize" => {
             let size = std::env::var("CRASH_SIZE").unwrap().parse().unwrap();
             vdisk::ops::resize::resize(img, size, true).unwrap();
@@ -690,5 +695,71 @@ fn resize_harness() {
     assert!(
         killed >= ITERATIONS / 8,
         "only {killed} resizes were killed mid-way"
+    );
+}
+
+#[test]
+fn compact_harness_vhdx() {
+    let dir = tempfile::tempdir().unwrap();
+    // A dynamic VHDX with scattered data and whole blocks of zeros among it,
+    // so that compaction drops blocks and moves others; each iteration
+    // compacts a fresh copy.
+    let template = dir.path().join("vhdx.template");
+    let opts = CreateOptions {
+        format: vdisk::Format::Vhdx,
+        block_size: Some(1 << 20),
+        ..CreateOptions::default()
+    };
+    vdisk::create(&template, BIG, &opts, false).unwrap();
+    let mut model = vec![0u8; BIG as usize];
+    scatter(&template, &mut model, 0xc0c0);
+    {
+        let mut d = vdisk::open(&template, OpenOptions { writable: true }).unwrap();
+        for block in (0..BIG).step_by(4 << 20) {
+            d.write_at(&vec![0; 1 << 20], block).unwrap();
+            model[block as usize..(block + (1 << 20)) as usize].fill(0);
+        }
+        d.flush().unwrap();
+    }
+    let template_bytes = std::fs::read(&template).unwrap();
+    let img = dir.path().join("img.vhdx");
+    // How long a whole compaction takes here, the child's start included.
+    std::fs::copy(&template, &img).unwrap();
+    let started = std::time::Instant::now();
+    let env = [
+        ("CRASH_JOB", std::ffi::OsStr::new("compact-vhdx")),
+        ("CRASH_IMG", img.as_os_str()),
+    ];
+    assert!(spawn(&env, "crash_child_rebuilder")
+        .wait()
+        .unwrap()
+        .success());
+    let span = (started.elapsed().as_millis() as u64 * 5 / 4).max(1);
+    let compacted = std::fs::metadata(&img).unwrap().len();
+    assert!(compacted < template_bytes.len() as u64);
+
+    let mut rng = 0xc0ac7_u64;
+    let (mut killed, mut inside, mut done) = (0, 0, 0);
+    for iter in 0..ITERATIONS {
+        rng = splitmix(rng);
+        std::fs::copy(&template, &img).unwrap();
+        let was_killed = kill_during("compact-vhdx", &[("CRASH_IMG", img.as_os_str())], rng, span);
+        killed += was_killed as u64;
+        inside += (was_killed && std::fs::read(&img).unwrap() != template_bytes) as u64;
+        // Opening for writing replays what the kill left in the log.
+        drop(vdisk::open(&img, OpenOptions { writable: true }).unwrap());
+        done += (std::fs::metadata(&img).unwrap().len() == compacted) as u64;
+        assert!(vdisk::check(&img).unwrap().clean, "iteration {iter}");
+        assert!(
+            read_big(&img) == model,
+            "iteration {iter}: the disk reads differently after a killed compaction"
+        );
+    }
+    eprintln!(
+        "{killed} of {ITERATIONS} VHDX compactions killed within {span} ms, {inside} of them after the image had changed ({done} left compacted)"
+    );
+    assert!(
+        inside >= ITERATIONS / 8,
+        "only {inside} compactions were killed after the image had changed"
     );
 }

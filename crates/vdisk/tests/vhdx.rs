@@ -1052,3 +1052,67 @@ fn merging_a_vhdx_chain_leaves_a_disk_qemu_reads_the_same() {
     let after = info_of(&*vdisk::open(&base, OpenOptions::default()).unwrap()).data_write_guid;
     assert_ne!(after, base_guid);
 }
+
+#[test]
+fn compacting_drops_empty_blocks_moves_the_rest_and_qemu_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    const M: u64 = 1 << 20;
+    let size = 64 * M;
+    // qemu-io writes blocks in this order, so they lie in the file so too:
+    // 0, 10, 20, 40, 41, 63 (1 MiB blocks).
+    let img = dir.path().join("disk.vhdx");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&img)
+        .arg(size.to_string()));
+    let writes = [
+        (0, M, 0x11u8),
+        (10 * M, M, 0x22),
+        (20 * M, 4096, 0x55),
+        (40 * M, 2 * M, 0x33),
+        (63 * M, M, 0x44),
+        // Block 10 reads as zeros again, and so does half of block 40.
+        (10 * M, M, 0),
+        (40 * M, M / 2, 0),
+    ];
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|&(o, l, p)| format!("write -P {p:#x} {o} {l}"))
+        .collect();
+    qemu_io(&img, &cmds);
+    let mut content = vec![0u8; size as usize];
+    for &(o, l, p) in &writes {
+        content[o as usize..(o + l) as usize].fill(p);
+    }
+    // A child made before still reads through the compacted parent.
+    let child = dir.path().join("child.vhdx");
+    drop(new_child(&child, &img));
+    let before = std::fs::metadata(&img).unwrap().len();
+
+    // Block 20's 4 KiB lie in space the caller calls free.
+    let free = [(20 * M, 8192)];
+    let c = vdisk::vhdx::compact::compact(&img, &free, &mut |_, _| {}).unwrap();
+    content[(20 * M) as usize..(20 * M + 4096) as usize].fill(0);
+    assert_eq!((c.before, c.dropped), (before, 2), "{c:?}");
+    assert!(c.moved >= 1, "{c:?}");
+    assert_eq!(c.after, std::fs::metadata(&img).unwrap().len());
+    assert!(c.after <= before - 2 * M, "{c:?}");
+    qemu_check(&img);
+    let raw = raw_file(dir.path(), "expect.raw", &content);
+    qemu_compare(&img, &raw);
+    assert!(vdisk::check(&img).unwrap().clean);
+    assert!(vmhub_read(&child) == content);
+    // Nothing left to do the second time.
+    let again = vdisk::vhdx::compact::compact(&img, &[], &mut |_, _| {}).unwrap();
+    assert_eq!((again.dropped, again.moved, again.after), (0, 0, c.after));
+
+    // A fixed disk and a differencing one are refused, unchanged.
+    let fixed = dir.path().join("fixed.vhdx");
+    vdisk::create(&fixed, 8 * M, &vhdx_opts(ImageType::Fixed, None), false).unwrap();
+    for p in [&fixed, &child] {
+        let bytes = std::fs::read(p).unwrap();
+        let e = vdisk::vhdx::compact::compact(p, &[], &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        assert!(std::fs::read(p).unwrap() == bytes);
+    }
+}

@@ -24,6 +24,7 @@
 
 pub mod bat;
 pub mod check;
+pub mod compact;
 pub mod create;
 pub mod fields;
 pub mod header;
