@@ -22,9 +22,33 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
     }
 }
 
+/// Before `disk` (the image at `path`) shrinks from `old` to `new` bytes:
+/// fails if the part cut off holds data, unless `force`, which adds a note.
+pub(crate) fn refuse_cutting_data(
+    disk: &dyn Disk,
+    path: &Path,
+    (old, new): (u64, u64),
+    force: bool,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if new >= old {
+        return Ok(());
+    }
+    if let Some(at) = first_data(disk, new, old - new)? {
+        if !force {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the part past {new} bytes holds data (first at offset {at}); use --force to cut it off",
+                path.display()
+            )));
+        }
+        notes.push(format!("data from offset {at} on was cut off"));
+    }
+    Ok(())
+}
+
 /// The first offset in `[offset, offset+len)` of `disk` whose byte is not
 /// zero.
-pub(crate) fn first_data(disk: &dyn Disk, offset: u64, len: u64) -> Result<Option<u64>> {
+fn first_data(disk: &dyn Disk, offset: u64, len: u64) -> Result<Option<u64>> {
     let mut buf = vec![0u8; 1 << 20];
     for e in disk
         .map(offset, len)?

@@ -35,17 +35,7 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
             )));
         }
         let old = disk.virtual_size();
-        if new < old {
-            if let Some(at) = crate::ops::resize::first_data(&disk, new, old - new)? {
-                if !force {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}: the part past {new} bytes holds data (first at offset {at}); use --force to cut it off",
-                        path.display()
-                    )));
-                }
-                notes.push(format!("data from offset {at} on was cut off"));
-            }
-        }
+        crate::ops::resize::refuse_cutting_data(&disk, path, (old, new), force, &mut notes)?;
         old
     };
     if new > MAX_SIZE {

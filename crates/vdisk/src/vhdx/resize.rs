@@ -50,17 +50,7 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
     if new == old {
         return Ok(notes);
     }
-    if new < old {
-        if let Some(at) = crate::ops::resize::first_data(&disk, new, old - new)? {
-            if !force {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: the part past {new} bytes holds data (first at offset {at}); use --force to cut it off",
-                    path.display()
-                )));
-            }
-            notes.push(format!("data from offset {at} on was cut off"));
-        }
-    }
+    crate::ops::resize::refuse_cutting_data(&disk, path, (old, new), force, &mut notes)?;
     let geo = Geometry::new(disk.geo.block_size, sector, new, false);
     let room = disk.bat_room / 8;
     if geo.entries > room {
