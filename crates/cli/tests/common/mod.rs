@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -522,24 +522,40 @@ pub fn login_with(mut cmd: Command, addr: &str, user: &str, secret: &str) -> Out
     child.wait_with_output().unwrap()
 }
 
-/// A settings folder for every vmhub run of a test binary (through
-/// [`VMHUB_ENV`]): its own signing key, made once.
+/// A settings folder for every vmhub run of a test process (through
+/// [`VMHUB_ENV`]): its own signing key, made once. It lives in the build's
+/// scratch folder, not the system's temporary one (a static is never
+/// dropped, so it is not removed at exit); those of earlier runs, an hour
+/// old or more, are removed when the next is made.
 pub fn settings() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmhub-test-settings");
+        std::fs::create_dir_all(&root).unwrap();
+        for e in std::fs::read_dir(&root).unwrap().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tempfile::tempdir_in(&root).unwrap().keep();
         let out = Command::new(env!("CARGO_BIN_EXE_vmhub"))
             .args(["key", "generate"])
-            .env("VMHUB_CONFIG", d.path())
+            .env("VMHUB_CONFIG", &dir)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", describe(&out));
         VMHUB_ENV
-            .set(vec![("VMHUB_CONFIG".into(), p(d.path()).to_string())])
+            .set(vec![("VMHUB_CONFIG".into(), p(&dir).to_string())])
             .unwrap();
-        d
+        dir
     });
-    dir.path()
+    dir
 }
 
 /// The JSON a command printed.
