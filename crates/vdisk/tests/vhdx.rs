@@ -332,6 +332,17 @@ fn vhdx_opts(kind: ImageType, block: Option<u64>) -> CreateOptions {
     }
 }
 
+/// A new dynamic VHDX of `size` bytes in 1 MiB blocks.
+fn new_dynamic(path: &Path, size: u64) {
+    vdisk::create(
+        path,
+        size,
+        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
+        false,
+    )
+    .unwrap();
+}
+
 fn write_pattern(d: &mut dyn Disk, writes: &[(u64, u64, u8)]) {
     for &(o, l, p) in writes {
         d.write_at(&vec![p; l as usize], o).unwrap();
@@ -558,13 +569,7 @@ fn differencing_chains_read_through_their_parents() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhdx");
     let size: u64 = 12 << 20;
-    vdisk::create(
-        &base,
-        size,
-        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
-        false,
-    )
-    .unwrap();
+    new_dynamic(&base, size);
     let mut expect = vec![0u8; size as usize];
     {
         let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
@@ -987,13 +992,7 @@ fn merging_a_vhdx_chain_leaves_a_disk_qemu_reads_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let size: u64 = 48 << 20;
     let base = dir.path().join("base.vhdx");
-    vdisk::create(
-        &base,
-        size,
-        &vhdx_opts(ImageType::Dynamic, Some(1 << 20)),
-        false,
-    )
-    .unwrap();
+    new_dynamic(&base, size);
     let mut expect = vec![0u8; size as usize];
     let base_writes = scattered(size);
     {

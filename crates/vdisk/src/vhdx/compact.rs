@@ -15,7 +15,7 @@
 //! whole) by the next open. The disk's DataWriteGuid stays, as what it reads
 //! does not change, so its children still find it.
 
-use super::bat::{self};
+use super::bat;
 use super::header::{ALIGN, HEADER_SECTION};
 use super::store::read_regions;
 use super::VhdxDisk;

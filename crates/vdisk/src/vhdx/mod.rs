@@ -136,11 +136,7 @@ pub(crate) fn open(file: File, path: &Path, writable: bool) -> Result<Box<dyn Di
 /// sector it writes, so they read as before). Once the children are gone,
 /// [`VhdxDisk::renew_data_write_guid`] marks the data as changed.
 pub(crate) fn open_for_merge(path: &Path) -> Result<VhdxDisk> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "open", e))?;
+    let file = crate::format::open_file(path, true)?;
     let mut disk = VhdxDisk::load(file, path, true, true)?;
     disk.keep_data_write_guid = true;
     Ok(disk)
@@ -173,10 +169,6 @@ pub struct VhdxDisk {
     /// Where the next payload block goes.
     next_block: u64,
     log_sequence: u64,
-    /// Bytes of the BAT region: the most entries the BAT can grow to.
-    bat_room: u64,
-    /// The file offset of the virtual disk size item.
-    size_item: Option<u64>,
 }
 
 fn corrupt(path: &Path, what: impl Into<String>) -> Error {
@@ -323,11 +315,6 @@ impl VhdxDisk {
                 ),
             ));
         }
-        let size_item = metadata::decode_table(&mbuf).ok().and_then(|t| {
-            t.iter()
-                .find(|e| e.item == metadata::VIRTUAL_DISK_SIZE && !e.is_user)
-                .map(|e| meta_region.offset + u64::from(e.offset))
-        });
         let mut raw = vec![0u8; need as usize];
         store.read(&mut raw, bat_region.offset, "BAT")?;
         let bat: Vec<u64> = raw.chunks_exact(8).map(|c| fields::u64_at(c, 0)).collect();
@@ -351,8 +338,6 @@ impl VhdxDisk {
             keep_data_write_guid: false,
             next_block,
             log_sequence: 0,
-            bat_room: u64::from(bat_region.length),
-            size_item,
         };
         if disk.meta.has_parent && with_parent {
             disk.open_parent()?;

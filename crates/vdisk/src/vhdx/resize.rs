@@ -14,7 +14,8 @@
 //! with a later grow.
 
 use super::bat::{self, Geometry};
-use super::{corrupt, log, VhdxDisk};
+use super::store::read_regions;
+use super::{corrupt, header, log, metadata, VhdxDisk};
 use crate::io::write_all_at;
 use crate::{Disk, Error, Result};
 use std::path::Path;
@@ -52,18 +53,35 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
     }
     crate::ops::resize::refuse_cutting_data(&disk, path, (old, new), force, &mut notes)?;
     let geo = Geometry::new(disk.geo.block_size, sector, new, false);
-    let room = disk.bat_room / 8;
+    // Where the BAT may grow to, and where the size is: from the region
+    // table and the metadata table, read again here rather than kept by
+    // every open.
+    let regions = read_regions(&disk.store)?;
+    let bat_room = regions
+        .find(&header::BAT_REGION)
+        .map_or(0, |r| u64::from(r.length));
+    let room = bat_room / 8;
     if geo.entries > room {
         return Err(Error::unsupported(
             path,
             format!(
-                "its BAT region ({} bytes) has room for {room} entries, and {new} bytes in {}-byte blocks need {}; `vmhub img convert` it to a new VHDX of that size instead",
-                disk.bat_room, disk.geo.block_size, geo.entries
+                "its BAT region ({bat_room} bytes) has room for {room} entries, and {new} bytes in {}-byte blocks need {}; `vmhub img convert` it to a new VHDX of that size instead",
+                disk.geo.block_size, geo.entries
             ),
         ));
     }
-    let size_item = disk
-        .size_item
+    let meta = regions
+        .find(&header::METADATA_REGION)
+        .ok_or_else(|| corrupt(path, "region table: no metadata region"))?;
+    // Its length was checked against the most the open reads.
+    let mut region = vec![0u8; meta.length as usize];
+    disk.store
+        .read(&mut region, meta.offset, "metadata region")?;
+    let size_item = metadata::decode_table(&region)
+        .map_err(|e| corrupt(path, format!("metadata region: {e}")))?
+        .iter()
+        .find(|e| e.item == metadata::VIRTUAL_DISK_SIZE && !e.is_user)
+        .map(|e| meta.offset + u64::from(e.offset))
         .ok_or_else(|| corrupt(path, "metadata region: no virtual disk size item"))?;
     disk.begin_writing()?;
     disk.zero_past(old.min(new))?;
