@@ -54,6 +54,9 @@
 #              fresh from pristine copies, `sync` runs, and then the cache is made
 #              cold (drop_caches, as root) or warm (the chain's files read), alike
 #              for both tools. Runs of the two tools are interleaved.
+# The ratios compare medians; a line after them gives, for information, the
+# median of each round's ratio (vmhub's run over the qemu-img run beside it),
+# which a drift of the storage's speed during the benchmark moves less.
 # Every result is checked: c8.vhd must read as base.raw with the eight layers
 # written over it (`vmhub img compare`, against a raw file built by this script),
 # and each merged parent must read as base.raw with the changes written over it
@@ -337,6 +340,11 @@ cell() { # MODE KEY → median (min–max) [cmd]
 ratio() { # MODE FIELD(1 median, 2 min) [KEY, default vmhub]
     echo "scale=4; $(cut -d' ' -f"$2" <<<"${res[$1.${3:-vmhub}]}") / $(cut -d' ' -f"$2" <<<"${res[$1.qemu]}")" | bc
 }
+paired() { # MODE [KEY, default vmhub] → median of each round's ratio to the qemu-img run beside it
+    paste -d' ' <(tr -s ' ' '\n' <<<"${times[$1.${2:-vmhub}]}" | grep .) \
+        <(tr -s ' ' '\n' <<<"${times[$1.qemu]}" | grep .) |
+        awk '{print $1 / $2}' | median | cut -d' ' -f1
+}
 echo "## Merge of a child holding 512 MiB into a 2 GiB base (median of $REPS; min–max)"
 echo
 echo "| tool | command | cold cache | warm cache |"
@@ -360,6 +368,11 @@ for mode in "${modes[@]}"; do
     row+=" | $(printf '%.2f' "$(ratio "$mode" 1 vmhubq)") | $(printf '%.2f' "$(ratio "$mode" 2 vmhubq)")"
 done
 echo "$row |"
+echo
+echo "Paired, for information: the median of each round's ratio to the qemu-img run beside it"
+echo "(runs next to each other share the storage's mood): merge cold $(printf '%.2f' "$(paired cold)")," \
+    "warm $(printf '%.2f' "$(paired warm)"); merge of the qcow2 chain cold $(printf '%.2f' "$(paired cold vmhubq)")," \
+    "warm $(printf '%.2f' "$(paired warm vmhubq)")."
 echo
 echo "merged files: run-vhd/base.vhd $(alloc run-vhd/base.vhd), run-qcow2/base.qcow2 $(alloc run-qcow2/base.qcow2) (allocated)"
 echo "load after: $(uptime | sed 's/.*load average/load average/')"
