@@ -113,7 +113,7 @@ pub enum ImgCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Point a differencing VHD at its moved or copied parent.
+    /// Point a differencing VHD or VHDX at its moved or copied parent.
     Relink {
         /// The differencing disk.
         child: PathBuf,

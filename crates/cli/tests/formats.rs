@@ -316,6 +316,47 @@ fn a_differencing_vhdx_reads_through_its_parent() {
         p(&base),
     ]);
     assert!(!out.status.success(), "a VHD child of a VHDX was made");
+
+    // The parent moves to another folder: the child no longer opens, and
+    // `img relink` points it there (Set-VHD -ParentPath), which libvhdi sees.
+    let library = dir.path().join("library");
+    std::fs::create_dir(&library).unwrap();
+    let moved = library.join("base.vhdx");
+    std::fs::rename(&base, &moved).unwrap();
+    let out = vmhub(["img", "info", p(&child)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("base.vhdx"),
+        "{}",
+        describe(&out)
+    );
+    // Another VHDX of the same size is not the parent: refused, unless forced.
+    let stranger = dir.path().join("stranger.vhdx");
+    vmhub_ok(["img", "create", p(&stranger), "50M"]);
+    let out = vmhub(["img", "relink", p(&child), p(&stranger)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("DataWriteGuid") && err.contains("--force"),
+        "{}",
+        describe(&out)
+    );
+    let out = vmhub_ok(["img", "relink", p(&child), p(&moved)]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("now reads through"),
+        "{}",
+        describe(&out)
+    );
+    let vhdi = peer_ok("vhdiinfo", [p(&child)]);
+    let text = String::from_utf8_lossy(&vhdi.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Parent filename") && l.contains("library/base.vhdx")),
+        "vhdiinfo does not see the new place of the parent: {text}"
+    );
+    let flat = dir.path().join("flat2.qcow2");
+    vmhub_ok(["img", "convert", p(&child), p(&flat)]);
+    assert_qemu_equal("raw", &raw, "qcow2", &flat);
+    vmhub_check(&child);
 }
 
 /// A qcow2 chain of depth 2 made and written by qemu (data, a zeroed range,
@@ -395,42 +436,46 @@ fn merging_a_qcow2_chain_matches_qemu_img_commit() {
     assert!(report.status.success(), "{}", describe(&report));
 }
 
-/// Relink works on VHDs only, compact and resize on VHDs and VHDX: other
-/// formats get an error that names the file and its format, and the file is
-/// left as it was.
+/// Relink, compact and resize work on VHDs and VHDX: other formats get an
+/// error that names the file and its format, and the file is left as it was.
 #[test]
 fn commands_name_the_format_they_refuse() {
     let dir = tempdir();
-    let img = dir.path().join("disk.vhdx");
-    vmhub_ok(["img", "create", p(&img), "16M"]);
-    let child = dir.path().join("child.vhdx");
-    vmhub_ok(["img", "create", p(&child), "--parent", p(&img)]);
-    let bytes = std::fs::read(&img).unwrap();
-    let out = vmhub(["img", "relink", p(&child), p(&img)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "relink succeeded");
-    assert!(err.contains("vhdx images is not supported"), "{err}");
-    assert!(err.contains("child.vhdx"), "{err}");
-    assert!(std::fs::read(&img).unwrap() == bytes);
-    // Resizing and compacting take VHD and VHDX, and name what they refuse.
     let qcow2 = dir.path().join("disk.qcow2");
     peer_ok(
         "qemu-img",
         ["create", "-q", "-f", "qcow2", p(&qcow2), "16M"],
     );
-    for args in [
-        vec!["img", "resize", p(&qcow2), "32M"],
-        vec!["img", "compact", p(&qcow2)],
+    let child = dir.path().join("child.qcow2");
+    peer_ok(
+        "qemu-img",
+        [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "disk.qcow2",
+            "-F",
+            "qcow2",
+            p(&child),
+        ],
+    );
+    let bytes = std::fs::read(&child).unwrap();
+    for (args, name) in [
+        (vec!["img", "relink", p(&child), p(&qcow2)], "child.qcow2"),
+        (vec!["img", "resize", p(&qcow2), "32M"], "disk.qcow2"),
+        (vec!["img", "compact", p(&qcow2)], "disk.qcow2"),
     ] {
         let out = vmhub(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(0));
         assert!(
-            err.contains("qcow2 images is not supported, only VHD and VHDX")
-                && err.contains("disk.qcow2"),
+            err.contains("qcow2 images is not supported, only VHD and VHDX") && err.contains(name),
             "{args:?}: {err}"
         );
     }
+    assert!(std::fs::read(&child).unwrap() == bytes);
 }
 
 /// Runs qemu-io commands on a VHDX and fails on a pattern that did not match.

@@ -293,7 +293,24 @@ pub fn create_child_as(
 /// Points the differencing disk `child` at `parent` (moved or copied), checking
 /// that it is the disk the child was made over unless `force`. Returns warnings.
 pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
-    crate::vhd::relink::relink(child, parent, force)
+    let same = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, "resolve", e));
+    if same(child)? == same(parent)? {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a disk cannot be its own parent",
+            child.display()
+        )));
+    }
+    match sniff(child)? {
+        Format::Vhd => crate::vhd::relink::relink(child, parent, force),
+        Format::Vhdx => crate::vhdx::relink::relink(child, parent, force),
+        other => Err(Error::unsupported(
+            child,
+            format!(
+                "relinking {} images is not supported, only VHD and VHDX",
+                other.name()
+            ),
+        )),
+    }
 }
 
 /// Fails unless `path` is a VHD: `doing` ("compacting", …) is done to VHDs

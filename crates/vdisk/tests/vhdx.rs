@@ -1115,3 +1115,123 @@ fn compacting_drops_empty_blocks_moves_the_rest_and_qemu_reads_the_same() {
         assert!(std::fs::read(p).unwrap() == bytes);
     }
 }
+
+/// `relink` of a differencing VHDX: the child follows its parent to a folder
+/// whose long name makes the new locator too big for the old one's place
+/// (so it moves to the end of the metadata region), then back to a short
+/// name (in place); strangers and smaller disks are refused; the child's
+/// DataWriteGuid stays; `--force` adopts a stranger.
+#[test]
+fn relink_points_a_differencing_vhdx_at_its_moved_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let size: u64 = 8 << 20;
+    new_dynamic(&base, size);
+    {
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        d.write_at(&vec![0xA1; 2 << 20], 0).unwrap();
+        d.flush().unwrap();
+    }
+    let child = dir.path().join("child.vhdx");
+    {
+        let mut c = new_child(&child, &base);
+        c.write_at(&vec![0xB1; 1 << 20], 4 << 20).unwrap();
+        c.flush().unwrap();
+    }
+    let mut expect = vec![0u8; size as usize];
+    expect[..2 << 20].fill(0xA1);
+    expect[4 << 20..5 << 20].fill(0xB1);
+    let guid = info_of(&*vdisk::open(&child, OpenOptions::default()).unwrap()).data_write_guid;
+    let locator_len = |p: &Path| {
+        let b = std::fs::read(p).unwrap();
+        let t = RegionTable::decode(&b[REGION_OFFSETS[0] as usize..][..64 << 10]).unwrap();
+        let m = t.find(&vdisk::vhdx::header::METADATA_REGION).unwrap();
+        let region = &b[m.offset as usize..][..m.length as usize];
+        vdisk::vhdx::metadata::decode_table(region)
+            .unwrap()
+            .iter()
+            .find(|e| e.item == vdisk::vhdx::metadata::PARENT_LOCATOR)
+            .map(|e| (e.offset, e.length))
+            .unwrap()
+    };
+    let (at_before, len_before) = locator_len(&child);
+
+    let far = dir.path().join("x".repeat(200)).join("y".repeat(200));
+    std::fs::create_dir_all(&far).unwrap();
+    let moved = far.join("renamed-base.vhdx");
+    std::fs::rename(&base, &moved).unwrap();
+    let e = vdisk::open(&child, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("base.vhdx"), "{e}");
+
+    let stranger = dir.path().join("stranger.vhdx");
+    new_dynamic(&stranger, size);
+    let small = dir.path().join("small.vhdx");
+    new_dynamic(&small, size / 2);
+    let bytes = std::fs::read(&child).unwrap();
+    let e = vdisk::relink(&child, &stranger, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("DataWriteGuid") && e.contains("stranger.vhdx") && e.contains("--force"),
+        "{e}"
+    );
+    let e = vdisk::relink(&child, &child, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("its own parent"), "{e}");
+    let e = vdisk::relink(&child, &small, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("small.vhdx") && e.contains("fewer"), "{e}");
+    assert!(
+        std::fs::read(&child).unwrap() == bytes,
+        "a refused relink changed the child"
+    );
+
+    assert!(vdisk::relink(&child, &moved, false).unwrap().is_empty());
+    let (at, len) = locator_len(&child);
+    assert!(
+        len > len_before && at != at_before,
+        "the longer locator ({len} bytes at {at}) should have moved from {at_before}"
+    );
+    let c = vdisk::open(&child, OpenOptions::default()).unwrap();
+    assert!(
+        read_all(&*c) == expect,
+        "the relinked child reads differently"
+    );
+    assert!(c.info().unwrap().chain[1]
+        .file
+        .ends_with("renamed-base.vhdx"));
+    assert_eq!(info_of(&*c).data_write_guid, guid, "DataWriteGuid changed");
+    drop(c);
+    let report = vdisk::check(&child).unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+    assert!(vhdiinfo(&child).contains("renamed-base.vhdx"));
+    libvhdi_agrees(&child, Some(&moved), &expect);
+
+    // Back beside the child under a short name: the locator shrinks in place.
+    let back = dir.path().join("b.vhdx");
+    std::fs::rename(&moved, &back).unwrap();
+    assert!(vdisk::relink(&child, &back, false).unwrap().is_empty());
+    let (at2, len2) = locator_len(&child);
+    assert!(at2 == at && len2 < len, "{len2} bytes at {at2}");
+    assert!(read_all(&*vdisk::open(&child, OpenOptions::default()).unwrap()) == expect);
+    assert!(vdisk::check(&child).unwrap().clean);
+
+    // --force adopts the stranger, says so, and the child opens over it.
+    let w = vdisk::relink(&child, &stranger, true).unwrap();
+    assert!(w.iter().any(|w| w.contains("DataWriteGuid")), "{w:?}");
+    let got = read_all(&*vdisk::open(&child, OpenOptions::default()).unwrap());
+    assert!(
+        got[..2 << 20].iter().all(|&b| b == 0),
+        "the stranger's zeros"
+    );
+    assert!(got[4 << 20..5 << 20].iter().all(|&b| b == 0xB1));
+    assert!(vdisk::check(&child).unwrap().clean);
+}

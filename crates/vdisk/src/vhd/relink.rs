@@ -19,7 +19,7 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
     crate::format::require_vhd(
         child,
         "relinking",
-        "a VHDX child finds a moved parent by the file name beside it",
+        "`vdisk::relink` relinks VHDX children too",
     )?;
     let mut warnings = Vec::new();
     let file = crate::format::open_file(child, true)?;

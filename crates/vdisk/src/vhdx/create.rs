@@ -185,19 +185,7 @@ pub fn create_child(
     };
     let size = parent.virtual_size();
     drop(parent);
-    let absolute =
-        std::fs::canonicalize(parent_path).map_err(|e| Error::io(parent_path, "resolve", e))?;
-    let child_dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let child_dir =
-        std::fs::canonicalize(&child_dir).map_err(|e| Error::io(&child_dir, "resolve", e))?;
-    let relative = pathdiff::diff_paths(&absolute, &child_dir).unwrap_or_else(|| absolute.clone());
-    let mut rel = relative.to_string_lossy().replace('/', "\\");
-    if !rel.starts_with("..") {
-        rel = format!(".\\{rel}");
-    }
+    let (rel, absolute) = locator_paths(path, parent_path)?;
     let locator = ParentLocator {
         kind: metadata::VHDX_PARENT_TYPE,
         entries: vec![
@@ -206,10 +194,7 @@ pub fn create_child(
                 format!("{{{}}}", linkage.to_lowercase()),
             ),
             ("relative_path".into(), rel),
-            (
-                "absolute_win32_path".into(),
-                absolute.to_string_lossy().into_owned(),
-            ),
+            ("absolute_win32_path".into(), absolute),
         ],
     };
     write_new(
@@ -226,4 +211,23 @@ pub fn create_child(
         },
     )?;
     Ok(Box::new(VhdxDisk::load(file, path, true, true)?))
+}
+
+/// The parent locator's paths of `parent` for a child at `child`: relative to
+/// the child's folder, with backslashes as Windows writes them (`.\` before a
+/// name in the same folder), and absolute.
+pub(crate) fn locator_paths(child: &Path, parent: &Path) -> Result<(String, String)> {
+    let absolute = std::fs::canonicalize(parent).map_err(|e| Error::io(parent, "resolve", e))?;
+    let child_dir = match child.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let child_dir =
+        std::fs::canonicalize(&child_dir).map_err(|e| Error::io(&child_dir, "resolve", e))?;
+    let relative = pathdiff::diff_paths(&absolute, &child_dir).unwrap_or_else(|| absolute.clone());
+    let mut rel = relative.to_string_lossy().replace('/', "\\");
+    if !rel.starts_with("..") {
+        rel = format!(".\\{rel}");
+    }
+    Ok((rel, absolute.to_string_lossy().into_owned()))
 }

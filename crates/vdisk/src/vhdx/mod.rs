@@ -31,6 +31,7 @@ pub mod header;
 pub mod log;
 pub mod metadata;
 mod parent;
+pub mod relink;
 pub mod resize;
 mod store;
 mod write;
