@@ -1,7 +1,7 @@
 //! Crash safety: writers, merges, conversions, compactions and resizes are
-//! killed with SIGKILL at random, seeded moments (48 of each kind, 384 in all:
+//! killed with SIGKILL at random, seeded moments (48 of each kind, 432 in all:
 //! merges of VHD chains, and of chains with VHDX or qcow2 disks; compactions
-//! of VHD and of VHDX).
+//! of VHD and of VHDX; resizes and relinks of VHDX).
 //!
 //! - A writer of a dynamic or differencing disk: the image must check clean,
 //!   read the same in qemu-img, and hold every write acknowledged by a flush;
@@ -13,6 +13,8 @@
 //!   size or the new one, checks clean, and reads as before up to the
 //!   smaller of the two, zeros after.
 //! - A compaction of a VHDX, in place: it checks clean and reads as before.
+//! - A relink of a differencing VHDX: it opens through the old parent or the
+//!   new one, checks clean and reads as before.
 //!
 //! A parent's bytes never change.
 
@@ -400,6 +402,17 @@ fn crash_child_rebuilder() {
             let size = std::env::var("CRASH_SIZE").unwrap().parse().unwrap();
             vdisk::ops::resize::resize(img, size, true).unwrap();
         }
+        "relink-loop" => {
+            // Back and forth between two copies of the parent, until killed.
+            let places = [
+                std::env::var("CRASH_A").unwrap(),
+                std::env::var("CRASH_B").unwrap(),
+            ];
+            let rounds: usize = std::env::var("CRASH_ROUNDS").unwrap().parse().unwrap();
+            for i in 0..rounds {
+                vdisk::relink(img, Path::new(&places[i % 2]), false).unwrap();
+            }
+        }
         other => panic!("unknown job {other}"),
     }
 }
@@ -754,5 +767,84 @@ fn compact_harness_vhdx() {
     assert!(
         inside >= ITERATIONS / 8,
         "only {inside} compactions were killed after the image had changed"
+    );
+}
+
+#[test]
+fn relink_harness_vhdx() {
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 8 << 20;
+    let opts = CreateOptions {
+        format: vdisk::Format::Vhdx,
+        block_size: Some(1 << 20),
+        ..CreateOptions::default()
+    };
+    let base = dir.path().join("base.vhdx");
+    vdisk::create(&base, size, &opts, false).unwrap();
+    {
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        d.write_at(&vec![0xA5; 3 << 20], 1 << 20).unwrap();
+        d.flush().unwrap();
+    }
+    let child = dir.path().join("child.vhdx");
+    vdisk::create_child_as(vdisk::Format::Vhdx, &child, &base, Some(1 << 20), false).unwrap();
+    {
+        let mut c = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+        c.write_at(&vec![0x5A; 1 << 20], 3 << 20).unwrap();
+        c.flush().unwrap();
+    }
+    let model = read_all(&child);
+    // The same parent in two places, the second under long folder names so
+    // that its locator does not fit where the first one's is.
+    let far = dir.path().join("p".repeat(120)).join("q".repeat(120));
+    std::fs::create_dir_all(&far).unwrap();
+    let (a, b) = (dir.path().join("base-a.vhdx"), far.join("base-b.vhdx"));
+    std::fs::copy(&base, &a).unwrap();
+    std::fs::rename(&base, &b).unwrap();
+    let env = |rounds: &'static str| {
+        vec![
+            ("CRASH_JOB", std::ffi::OsStr::new("relink-loop")),
+            ("CRASH_IMG", child.as_os_str()),
+            ("CRASH_A", a.as_os_str()),
+            ("CRASH_B", b.as_os_str()),
+            ("CRASH_ROUNDS", std::ffi::OsStr::new(rounds)),
+        ]
+    };
+    let span = span_of(&env("40"));
+    let mut rng = 0x2e11_u64;
+    let (mut killed, mut changed, mut replayed) = (0, 0, 0);
+    for iter in 0..ITERATIONS {
+        rng = splitmix(rng);
+        let before = std::fs::read(&child).unwrap();
+        let was_killed = kill_during("relink-loop", &env("1000")[1..], rng, span);
+        killed += was_killed as u64;
+        changed += (was_killed && std::fs::read(&child).unwrap() != before) as u64;
+        // Opening for writing replays what the kill left in the log.
+        let info = vdisk::open(&child, OpenOptions { writable: true })
+            .unwrap()
+            .info()
+            .unwrap();
+        if let Some(vdisk::FormatDetails::Vhdx(v)) = &info.details {
+            replayed += (v.log_state == "replayed") as u64;
+        }
+        let parent = Path::new(&info.chain[1].file).canonicalize().unwrap();
+        assert!(
+            parent == a.canonicalize().unwrap() || parent == b.canonicalize().unwrap(),
+            "iteration {iter}: the child reads through {}",
+            parent.display()
+        );
+        let report = vdisk::check(&child).unwrap();
+        assert!(report.clean, "iteration {iter}: {:?}", report.problems);
+        assert!(
+            read_all(&child) == model,
+            "iteration {iter}: the child reads differently after a killed relink"
+        );
+    }
+    eprintln!(
+        "{killed} of {ITERATIONS} relink loops killed within {span} ms, {changed} of them after the child had changed ({replayed} finished by replaying the log)"
+    );
+    assert!(
+        changed >= ITERATIONS / 4,
+        "only {changed} relink loops were killed after the child had changed"
     );
 }
