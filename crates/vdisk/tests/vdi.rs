@@ -463,3 +463,157 @@ fn random_damage_never_panics() {
         exercise::exercise(&path, 4 << 20).assert_errors_name(&path);
     }
 }
+
+/// Turns the dynamic VDI at `img` into a differencing image (a VirtualBox
+/// snapshot) over the VDI at `parent`: its type, and the UUIDs that link it.
+fn make_snapshot(img: &Path, parent: &Path) {
+    use vdisk::vdi::header::Header;
+    let p = std::fs::read(parent).unwrap();
+    let ph = Header::decode(p[..512].try_into().unwrap());
+    let mut b = std::fs::read(img).unwrap();
+    let raw: [u8; 512] = b[..512].try_into().unwrap();
+    let mut h = Header::decode(&raw);
+    h.image_type = 4;
+    h.uuid_link = ph.uuid_image;
+    h.uuid_parent = ph.uuid_last_snap;
+    b[..512].copy_from_slice(&h.encode(&raw));
+    std::fs::write(img, b).unwrap();
+}
+
+/// VirtualBox's snapshots: a base in the machine's folder, two differencing
+/// images over it in `Snapshots/`. Blocks a snapshot does not hold read from
+/// its parent, a zero block hides it; the chain is listed; the parent is
+/// found by UUID alone; a missing parent, a write and a merge are refused
+/// with errors that say why.
+#[test]
+fn snapshots_read_through_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 6u64 << 20;
+    let base = dir.path().join("disk.vdi");
+    vdisk::create(&base, size, &opts(ImageType::Dynamic), false).unwrap();
+    let mut expect = vec![0u8; size as usize];
+    {
+        let mut d = vdisk::open(&base, OpenOptions { writable: true }).unwrap();
+        let b = pattern(4 << 20, 1);
+        d.write_at(&b, 1 << 20).unwrap();
+        d.flush().unwrap();
+        expect[1 << 20..5 << 20].copy_from_slice(&b);
+    }
+    let snaps = dir.path().join("Snapshots");
+    std::fs::create_dir(&snaps).unwrap();
+    // The first snapshot holds block 2 (part of it written: the rest of a
+    // snapshot's block is its own zeros, as VirtualBox copies whole blocks)
+    // and zeroes block 3; the second holds part of block 4.
+    let s1 = snaps.join("{5e1a0001-0000-4000-8000-000000000001}.vdi");
+    vdisk::create(&s1, size, &opts(ImageType::Dynamic), false).unwrap();
+    {
+        let mut d = vdisk::open(&s1, OpenOptions { writable: true }).unwrap();
+        let b = pattern(1 << 20, 2);
+        d.write_at(&b, 2 << 20).unwrap();
+        d.write_at(&[9u8; 512], 3 << 20).unwrap();
+        d.flush().unwrap();
+        expect[2 << 20..3 << 20].copy_from_slice(&b);
+    }
+    {
+        // Block 3 becomes a zero block (what a discard leaves).
+        let mut b = std::fs::read(&s1).unwrap();
+        let map = u32::from_le_bytes(b[0x154..0x158].try_into().unwrap()) as usize;
+        put32(&mut b, map + 3 * 4, 0xffff_fffe);
+        put32(&mut b, 0x184, 1);
+        std::fs::write(&s1, b).unwrap();
+        expect[3 << 20..4 << 20].fill(0);
+    }
+    make_snapshot(&s1, &base);
+    let s2 = snaps.join("{5e1a0002-0000-4000-8000-000000000002}.vdi");
+    vdisk::create(&s2, size, &opts(ImageType::Dynamic), false).unwrap();
+    {
+        let mut d = vdisk::open(&s2, OpenOptions { writable: true }).unwrap();
+        let mut block = expect[4 << 20..5 << 20].to_vec();
+        block[4096..8192].copy_from_slice(&pattern(4096, 3));
+        d.write_at(&block, 4 << 20).unwrap();
+        d.flush().unwrap();
+        expect[4 << 20..5 << 20].copy_from_slice(&block);
+    }
+    make_snapshot(&s2, &s1);
+    // A decoy beside them with another UUID is passed over.
+    vdisk::create(
+        &snaps.join("unrelated.vdi"),
+        size,
+        &opts(ImageType::Dynamic),
+        false,
+    )
+    .unwrap();
+
+    let d = vdisk::open(&s2, OpenOptions::default()).unwrap();
+    assert!(
+        read_all(d.as_ref()) == expect,
+        "the snapshot chain reads differently"
+    );
+    let info = d.info().unwrap();
+    let files: Vec<&str> = info.chain.iter().map(|l| l.file.as_str()).collect();
+    assert_eq!(info.chain.len(), 3, "{files:?}");
+    assert!(files[1].ends_with("00000001}.vdi") && files[2].ends_with("disk.vdi"));
+    assert_eq!(info.chain[0].kind, "differencing");
+    // Its own map holds blocks 4 only; the whole map shows the chain's data.
+    let own = d.own_map(0, size).unwrap();
+    let own_data: u64 = own
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Data)
+        .map(|e| e.length)
+        .sum();
+    assert_eq!(own_data, 1 << 20, "{own:?}");
+    assert!(d
+        .map(0, size)
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == ExtentKind::Data && e.offset <= 1 << 20));
+    drop(d);
+    for s in [&s1, &s2] {
+        let r = vdisk::check(s).unwrap();
+        assert!(r.clean, "{}: {:?}", s.display(), r.problems);
+    }
+    // Flattened, the chain is a plain VDI that qemu-img reads alike.
+    let flat = dir.path().join("flat.vdi");
+    let src = vdisk::open(&s2, OpenOptions::default()).unwrap();
+    vdisk::ops::convert::convert(
+        src.as_ref(),
+        &flat,
+        &opts(ImageType::Dynamic),
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    drop(src);
+    assert!(
+        qemu_raw(&flat) == expect,
+        "qemu-img reads the flattened chain differently"
+    );
+
+    // Writing into a snapshot is refused, and so is a merge.
+    let e = vdisk::open(&s2, OpenOptions { writable: true })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("differencing VDI") && e.contains("convert"),
+        "{e}"
+    );
+    let e = vdisk::ops::merge::merge(&s2, Default::default(), &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("merging vdi disks is not supported"), "{e}");
+
+    // Without its parent, a snapshot names the UUID it looks for.
+    std::fs::rename(&base, dir.path().join("moved.bin")).unwrap();
+    let e = vdisk::open(&s2, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("parent not found") && e.contains("00000001}.vdi"),
+        "{e}"
+    );
+    let r = vdisk::check(&s1).unwrap();
+    assert!(!r.clean && r.problems.iter().any(|p| p.structure == "parent"));
+}

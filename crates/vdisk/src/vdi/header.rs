@@ -32,7 +32,8 @@ pub enum ImageType {
     Static,
     /// Undo image (unsupported).
     Undo,
-    /// Differencing image (unsupported).
+    /// Differencing image (a VirtualBox snapshot): blocks it does not hold
+    /// read from the image whose UUID it links to.
     Diff,
 }
 
@@ -362,7 +363,7 @@ impl Header {
                 format!("{} is not a VDI image type", self.image_type),
                 false,
             )),
-            Some(t @ (ImageType::Undo | ImageType::Diff)) => out.push((
+            Some(t @ ImageType::Undo) => out.push((
                 "image type",
                 format!("{} images are not supported", t.name()),
                 true,

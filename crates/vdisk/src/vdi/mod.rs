@@ -1,10 +1,19 @@
-//! VirtualBox disk images (VDI, header version 1.1): dynamic and static.
+//! VirtualBox disk images (VDI, header version 1.1): dynamic and static, and
+//! differencing images (VirtualBox's snapshots), read-only.
 //!
 //! The file holds a 512-byte header area, the block map (one little-endian
 //! `u32` per block: the block's index in the data area, or
 //! [`header::UNALLOCATED`], or [`header::ZERO_BLOCK`]), then the data area of
 //! whole blocks. [`header`] decodes the header; [`layout`] holds the pure block
 //! arithmetic; [`VdiDisk`] does the file I/O.
+//!
+//! # Differencing images
+//! A snapshot's blocks that are unallocated read from its parent: the image
+//! whose UUID the header's link UUID names. No path is recorded (VirtualBox
+//! keeps the chain in the machine's settings), so the parent is looked for
+//! among the VDI files beside the snapshot and in the folder above it, where
+//! VirtualBox keeps a machine's disks (snapshots go to its `Snapshots`
+//! folder). A zero block reads as zeros, hiding the parent's data.
 //!
 //! # Crash safety of dynamic writes
 //! A new block takes the next index at the end of the data area; its data is
@@ -70,6 +79,9 @@ pub struct VdiInfo {
     /// The header's comment, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The UUID of the parent a differencing image links to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_uuid: Option<String>,
 }
 
 /// True when `head`, the first bytes of a file (up to 4 KiB, fewer for a
@@ -97,6 +109,94 @@ pub struct VdiDisk {
     file_end: u64,
     /// Block-map sectors (512-byte units) changed since the last flush.
     dirty: BTreeSet<usize>,
+    /// The parent of a differencing image.
+    parent: Option<Box<dyn Disk>>,
+}
+
+/// How deep a chain of differencing images may be.
+const MAX_DEPTH: u32 = 64;
+/// The most folder entries looked at per folder while searching for a parent.
+const MAX_SCAN: usize = 10_000;
+
+thread_local! {
+    /// How many parents deep the open under way on this thread is.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Finds and opens the parent of the differencing image at `path` (header
+/// `h`): the VDI beside it or in the folder above whose UUID is the link UUID.
+fn open_parent(path: &Path, h: &Header) -> Result<Box<dyn Disk>> {
+    let want = h.uuid_link;
+    if want == [0; 16] {
+        return Err(Error::corrupt(
+            path,
+            "a differencing image whose link UUID is zero: it names no parent",
+        ));
+    }
+    let depth = DEPTH.with(|d| d.get());
+    if depth >= MAX_DEPTH {
+        return Err(Error::unsupported(
+            path,
+            format!("the chain of parents is deeper than {MAX_DEPTH} (a loop?)"),
+        ));
+    }
+    let me = std::fs::canonicalize(path).map_err(|e| Error::io(path, "resolve", e))?;
+    let here = me.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut folders = vec![here.clone()];
+    folders.extend(here.parent().map(Path::to_path_buf));
+    let mut found = Vec::new();
+    for folder in &folders {
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            continue;
+        };
+        for entry in entries.take(MAX_SCAN).flatten() {
+            let p = entry.path();
+            let is_vdi = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("vdi"));
+            if is_vdi && p != me && uuid_of(&p) == Some(want) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    let Some(candidate) = found.first() else {
+        let names: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "parent not found: no VDI in {} has the UUID {} this snapshot links to",
+                names.join(" or "),
+                header::uuid_text(&want)
+            ),
+        ));
+    };
+    DEPTH.with(|d| d.set(depth + 1));
+    let opened = crate::format::open(candidate, crate::OpenOptions { writable: false });
+    DEPTH.with(|d| d.set(depth));
+    let parent = opened?;
+    if parent.virtual_size() < h.disk_size {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "parent {}: {} bytes, fewer than this snapshot's {}",
+                candidate.display(),
+                parent.virtual_size(),
+                h.disk_size
+            ),
+        ));
+    }
+    Ok(parent)
+}
+
+/// The image UUID in the header of the VDI at `path`, if it is one.
+fn uuid_of(path: &Path) -> Option<[u8; 16]> {
+    let file = crate::format::open_file(path, false).ok()?;
+    let mut raw = [0u8; HEADER_AREA];
+    read_exact_at(&file, path, &mut raw, 0, "VDI header").ok()?;
+    let h = Header::decode(&raw);
+    (h.signature == header::SIGNATURE).then_some(h.uuid_image)
 }
 
 /// Reads and validates the header of a VDI file of `len` bytes.
@@ -156,6 +256,17 @@ impl VdiDisk {
             return Err(Error::corrupt(path, format!("VDI block map: {p}")));
         }
         let kind = ImageType::from_code(header.image_type).unwrap_or(ImageType::Dynamic);
+        let parent = if kind == ImageType::Diff {
+            if writable {
+                return Err(Error::unsupported(
+                    path,
+                    "writing into a differencing VDI (a VirtualBox snapshot) is not supported: `vmhub img convert` it to a disk of its own first",
+                ));
+            }
+            Some(open_parent(path, &header)?)
+        } else {
+            None
+        };
         let highest = map.iter().filter(|&&e| e < ZERO_BLOCK).max().copied();
         let next_block = highest.map_or(0, |e| e + 1).max(header.blocks_allocated);
         Ok(VdiDisk {
@@ -171,6 +282,7 @@ impl VdiDisk {
             next_block,
             file_end: len,
             dirty: BTreeSet::new(),
+            parent,
         })
     }
 
@@ -258,6 +370,12 @@ impl Disk for VdiDisk {
                         }
                     }
                 }
+                Place::Unallocated if self.parent.is_some() => {
+                    flush_run(&mut run, buf)?;
+                    if let Some(parent) = &self.parent {
+                        parent.read_at(&mut buf[s..s + n], offset + p.at)?;
+                    }
+                }
                 Place::Zero | Place::Unallocated => {
                     flush_run(&mut run, buf)?;
                     buf[s..s + n].fill(0);
@@ -323,13 +441,36 @@ impl Disk for VdiDisk {
             return;
         }
         for p in pieces(offset, len, self.block_size) {
-            if let Place::Data(index) = self.place(p.block) {
-                prefetch(&self.file, self.data_offset(index) + p.within, p.len);
+            match (self.place(p.block), &self.parent) {
+                (Place::Data(index), _) => {
+                    prefetch(&self.file, self.data_offset(index) + p.within, p.len)
+                }
+                (Place::Unallocated, Some(parent)) => parent.prefetch(offset + p.at, p.len),
+                _ => {}
             }
         }
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map_layers(offset, len, false)
+    }
+
+    fn own_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.map_layers(offset, len, true)
+    }
+
+    fn info(&self) -> Result<ImageInfo> {
+        self.describe()
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl VdiDisk {
+    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
+    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
         check_range(&self.path, offset, len, self.size)?;
         let mut out = Vec::new();
         // Runs of blocks that are contiguous in the file are probed for holes at once.
@@ -353,7 +494,14 @@ impl Disk for VdiDisk {
                     continue;
                 }
                 Place::Zero => ExtentKind::Zero,
-                Place::Unallocated => ExtentKind::Unallocated,
+                Place::Unallocated => match self.parent.as_deref().filter(|_| !own) {
+                    Some(parent) => {
+                        flush_run(&mut run, &mut out);
+                        crate::map_parent(Some(parent), &mut out, offset + p.at, p.len)?;
+                        continue;
+                    }
+                    None => ExtentKind::Unallocated,
+                },
             };
             flush_run(&mut run, &mut out);
             push_extent(
@@ -369,7 +517,7 @@ impl Disk for VdiDisk {
         Ok(out)
     }
 
-    fn info(&self) -> Result<ImageInfo> {
+    fn describe(&self) -> Result<ImageInfo> {
         let allocated: u64 = self
             .map
             .iter()
@@ -382,6 +530,7 @@ impl Disk for VdiDisk {
             .sum();
         let kind = match self.kind {
             ImageType::Static => "fixed",
+            ImageType::Diff => "differencing",
             _ => "dynamic",
         };
         let comment_len = self
@@ -392,6 +541,15 @@ impl Disk for VdiDisk {
             .unwrap_or(self.header.comment.len());
         let comment = String::from_utf8_lossy(&self.header.comment[..comment_len]).into_owned();
         let uuid = header::uuid_text(&self.header.uuid_image);
+        let mut chain = vec![crate::ChainLink {
+            file: self.path.display().to_string(),
+            format: "vdi",
+            kind,
+            unique_id: Some(uuid.clone()),
+        }];
+        if let Some(p) = &self.parent {
+            chain.extend(p.info()?.chain);
+        }
         Ok(ImageInfo {
             file: self.path.display().to_string(),
             format: "vdi",
@@ -399,12 +557,7 @@ impl Disk for VdiDisk {
             file_size: self.file_end,
             allocated_bytes: allocated,
             host_allocated_bytes: host_allocated(&self.file, &self.path)?,
-            chain: vec![crate::ChainLink {
-                file: self.path.display().to_string(),
-                format: "vdi",
-                kind,
-                unique_id: Some(uuid.clone()),
-            }],
+            chain,
             vhd: None,
             details: Some(crate::FormatDetails::Vdi(VdiInfo {
                 image_type: self.kind.name().to_string(),
@@ -414,12 +567,12 @@ impl Disk for VdiDisk {
                 uuid,
                 modification_uuid: header::uuid_text(&self.header.uuid_last_snap),
                 comment: (!comment.is_empty()).then_some(comment),
+                parent_uuid: self
+                    .parent
+                    .as_ref()
+                    .map(|_| header::uuid_text(&self.header.uuid_link)),
             })),
         })
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -553,6 +706,12 @@ pub(crate) fn check_file(file: &File, path: &Path) -> Result<CheckReport> {
     let (map, problems) = read_map(file, path, &h, len)?;
     for p in problems {
         r.problem("block map", p);
+    }
+    if ImageType::from_code(h.image_type) == Some(ImageType::Diff) {
+        match open_parent(path, &h) {
+            Ok(parent) => r.note(format!("parent: {}", parent.path().display())),
+            Err(e) => r.problem("parent", e.to_string()),
+        }
     }
     let referenced = map.iter().filter(|&&e| e < ZERO_BLOCK).count() as u64;
     r.allocated_blocks = Some(referenced);
