@@ -616,4 +616,11 @@ fn snapshots_read_through_their_parents() {
     );
     let r = vdisk::check(&s1).unwrap();
     assert!(!r.clean && r.problems.iter().any(|p| p.structure == "parent"));
+    // Two snapshots that link to each other: a loop, refused.
+    make_snapshot(&s1, &s2);
+    let e = vdisk::open(&s2, OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("a loop"), "{e}");
 }
