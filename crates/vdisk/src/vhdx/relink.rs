@@ -13,8 +13,8 @@
 //! children still find it by it.
 
 use super::metadata::{self, ParentLocator};
-use super::store::read_regions;
-use super::{corrupt, fields, header, log, VhdxDisk};
+use super::store::{read_metadata_region, read_regions};
+use super::{corrupt, fields, log, VhdxDisk};
 use crate::{Error, FormatDetails, OpenOptions, Result};
 use std::path::Path;
 
@@ -95,13 +95,7 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
     .encode();
 
     let regions = read_regions(&disk.store)?;
-    let meta = regions
-        .find(&header::METADATA_REGION)
-        .ok_or_else(|| corrupt(child, "region table: no metadata region"))?;
-    // Its length was checked against the most the open reads.
-    let mut region = vec![0u8; meta.length as usize];
-    disk.store
-        .read(&mut region, meta.offset, "metadata region")?;
+    let (meta_offset, mut region) = read_metadata_region(&disk.store, &regions)?;
     let before = region.clone();
     let table = metadata::decode_table(&region)
         .map_err(|e| corrupt(child, format!("metadata region: {e}")))?;
@@ -156,7 +150,7 @@ pub fn relink(child: &Path, parent: &Path, force: bool) -> Result<Vec<String>> {
         .zip(before.chunks(log::SECTOR))
         .enumerate()
         .filter(|(_, (new, old))| new != old)
-        .map(|(i, (new, _))| (meta.offset + (i * log::SECTOR) as u64, new.to_vec()))
+        .map(|(i, (new, _))| (meta_offset + (i * log::SECTOR) as u64, new.to_vec()))
         .collect();
     if pages.is_empty() {
         return Ok(warnings);

@@ -14,7 +14,7 @@
 //! with a later grow.
 
 use super::bat::{self, Geometry};
-use super::store::read_regions;
+use super::store::{read_metadata_region, read_regions};
 use super::{corrupt, header, log, metadata, VhdxDisk};
 use crate::io::write_all_at;
 use crate::{Disk, Error, Result};
@@ -70,18 +70,12 @@ pub fn resize(path: &Path, size: u64, force: bool) -> Result<Vec<String>> {
             ),
         ));
     }
-    let meta = regions
-        .find(&header::METADATA_REGION)
-        .ok_or_else(|| corrupt(path, "region table: no metadata region"))?;
-    // Its length was checked against the most the open reads.
-    let mut region = vec![0u8; meta.length as usize];
-    disk.store
-        .read(&mut region, meta.offset, "metadata region")?;
+    let (meta_offset, region) = read_metadata_region(&disk.store, &regions)?;
     let size_item = metadata::decode_table(&region)
         .map_err(|e| corrupt(path, format!("metadata region: {e}")))?
         .iter()
         .find(|e| e.item == metadata::VIRTUAL_DISK_SIZE && !e.is_user)
-        .map(|e| meta.offset + u64::from(e.offset))
+        .map(|e| meta_offset + u64::from(e.offset))
         .ok_or_else(|| corrupt(path, "metadata region: no virtual disk size item"))?;
     disk.begin_writing()?;
     disk.zero_past(old.min(new))?;

@@ -4,8 +4,8 @@
 //! header).
 
 use super::header::{
-    Header, RegionTable, HEADER_OFFSETS, HEADER_SECTION, HEADER_SIZE, REGION_OFFSETS,
-    REGION_TABLE_SIZE,
+    Header, RegionTable, HEADER_OFFSETS, HEADER_SECTION, HEADER_SIZE, METADATA_REGION,
+    REGION_OFFSETS, REGION_TABLE_SIZE,
 };
 use super::{corrupt, log, MAX_LOG, MAX_LOG_GROWTH};
 use crate::io::{read_exact_at, sync_data, write_all_at};
@@ -92,6 +92,17 @@ pub(super) fn read_regions(store: &Store) -> Result<RegionTable> {
         return Err(Error::unsupported(&store.path, text));
     }
     Err(corrupt(&store.path, text))
+}
+
+/// The metadata region that `regions` places: its file offset and its bytes.
+pub(super) fn read_metadata_region(store: &Store, regions: &RegionTable) -> Result<(u64, Vec<u8>)> {
+    let meta = regions
+        .find(&METADATA_REGION)
+        .ok_or_else(|| corrupt(&store.path, "region table: no metadata region"))?;
+    // Its length was checked against the most the open reads.
+    let mut region = vec![0u8; meta.length as usize];
+    store.read(&mut region, meta.offset, "metadata region")?;
+    Ok((meta.offset, region))
 }
 
 /// Reads the log and finds what replaying it does, checked against the file.
