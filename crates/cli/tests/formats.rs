@@ -359,6 +359,26 @@ fn a_differencing_vhdx_reads_through_its_parent() {
     vmhub_check(&child);
 }
 
+/// Makes `child`, a qcow2 image over the qcow2 image `parent` in the same
+/// folder (named by its file name, as qemu-img records it), with qemu-img.
+fn qemu_qcow2_child(child: &Path, parent: &Path) {
+    let parent_name = parent.file_name().unwrap().to_str().unwrap();
+    peer_ok(
+        "qemu-img",
+        [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            parent_name,
+            "-F",
+            "qcow2",
+            p(child),
+        ],
+    );
+}
+
 /// A qcow2 chain of depth 2 made and written by qemu (data, a zeroed range,
 /// writes across cluster edges): `vmhub img merge` of the top into the base
 /// leaves what `qemu-img commit -b` leaves, checked by qemu-img.
@@ -376,21 +396,7 @@ fn merging_a_qcow2_chain_matches_qemu_img_commit() {
             ["create", "-q", "-f", "qcow2", p(&base), &size.to_string()],
         );
         for (child, parent) in [(&mid, &base), (&top, &mid)] {
-            let parent_name = parent.file_name().unwrap().to_str().unwrap();
-            peer_ok(
-                "qemu-img",
-                [
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    parent_name,
-                    "-F",
-                    "qcow2",
-                    p(child),
-                ],
-            );
+            qemu_qcow2_child(child, parent);
         }
         let io = |img: &Path, cmds: &[&str]| {
             let mut args = vec!["-f", "qcow2"];
@@ -447,20 +453,7 @@ fn commands_name_the_format_they_refuse() {
         ["create", "-q", "-f", "qcow2", p(&qcow2), "16M"],
     );
     let child = dir.path().join("child.qcow2");
-    peer_ok(
-        "qemu-img",
-        [
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "disk.qcow2",
-            "-F",
-            "qcow2",
-            p(&child),
-        ],
-    );
+    qemu_qcow2_child(&child, &qcow2);
     let bytes = std::fs::read(&child).unwrap();
     for (args, name) in [
         (vec!["img", "relink", p(&child), p(&qcow2)], "child.qcow2"),
