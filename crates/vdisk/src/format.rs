@@ -167,6 +167,38 @@ pub fn sniff(path: &Path) -> Result<Format> {
     sniff_file(&open_file(path, false)?, path)
 }
 
+/// How deep a chain of parents found by searching (VHDX locators, VDI
+/// UUIDs) may be; a chain that loops reaches it.
+const MAX_PARENT_DEPTH: u32 = 64;
+
+thread_local! {
+    /// How many parents deep the open under way on this thread is.
+    static PARENT_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// How many parents deep the image `child`, being opened on this thread, is
+/// (0 for the image the caller opened); fails when the chain is too deep.
+pub(crate) fn parent_depth(child: &Path) -> Result<u32> {
+    let depth = PARENT_DEPTH.with(|d| d.get());
+    if depth >= MAX_PARENT_DEPTH {
+        return Err(Error::unsupported(
+            child,
+            format!("the chain of parents is deeper than {MAX_PARENT_DEPTH} (a loop?)"),
+        ));
+    }
+    Ok(depth)
+}
+
+/// Opens `parent` read-only, one level deeper in the chain being opened on
+/// this thread (see [`parent_depth`]).
+pub(crate) fn open_parent(parent: &Path) -> Result<Box<dyn Disk>> {
+    let depth = PARENT_DEPTH.with(|d| d.get());
+    PARENT_DEPTH.with(|d| d.set(depth + 1));
+    let opened = open(parent, OpenOptions { writable: false });
+    PARENT_DEPTH.with(|d| d.set(depth));
+    opened
+}
+
 /// Opens the image at `path`, whatever its format.
 pub fn open(path: &Path, opts: OpenOptions) -> Result<Box<dyn Disk>> {
     let file = open_file(path, opts.writable)?;

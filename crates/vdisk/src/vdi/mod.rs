@@ -113,15 +113,8 @@ pub struct VdiDisk {
     parent: Option<Box<dyn Disk>>,
 }
 
-/// How deep a chain of differencing images may be.
-const MAX_DEPTH: u32 = 64;
 /// The most folder entries looked at per folder while searching for a parent.
 const MAX_SCAN: usize = 10_000;
-
-thread_local! {
-    /// How many parents deep the open under way on this thread is.
-    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
 
 /// Finds and opens the parent of the differencing image at `path` (header
 /// `h`): the VDI beside it or in the folder above whose UUID is the link UUID.
@@ -133,13 +126,7 @@ fn open_parent(path: &Path, h: &Header) -> Result<Box<dyn Disk>> {
             "a differencing image whose link UUID is zero: it names no parent",
         ));
     }
-    let depth = DEPTH.with(|d| d.get());
-    if depth >= MAX_DEPTH {
-        return Err(Error::unsupported(
-            path,
-            format!("the chain of parents is deeper than {MAX_DEPTH} (a loop?)"),
-        ));
-    }
+    crate::format::parent_depth(path)?;
     let me = std::fs::canonicalize(path).map_err(|e| Error::io(path, "resolve", e))?;
     let here = me.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut folders = vec![here.clone()];
@@ -172,10 +159,7 @@ fn open_parent(path: &Path, h: &Header) -> Result<Box<dyn Disk>> {
             ),
         ));
     };
-    DEPTH.with(|d| d.set(depth + 1));
-    let opened = crate::format::open(candidate, crate::OpenOptions { writable: false });
-    DEPTH.with(|d| d.set(depth));
-    let parent = opened?;
+    let parent = crate::format::open_parent(candidate)?;
     if parent.virtual_size() < h.disk_size {
         return Err(Error::corrupt(
             path,
@@ -370,15 +354,14 @@ impl Disk for VdiDisk {
                         }
                     }
                 }
-                Place::Unallocated if self.parent.is_some() => {
+                place @ (Place::Zero | Place::Unallocated) => {
                     flush_run(&mut run, buf)?;
-                    if let Some(parent) = &self.parent {
-                        parent.read_at(&mut buf[s..s + n], offset + p.at)?;
+                    let out = &mut buf[s..s + n];
+                    match (&self.parent, place) {
+                        // A snapshot reads what it does not hold from its parent.
+                        (Some(parent), Place::Unallocated) => parent.read_at(out, offset + p.at)?,
+                        _ => out.fill(0),
                     }
-                }
-                Place::Zero | Place::Unallocated => {
-                    flush_run(&mut run, buf)?;
-                    buf[s..s + n].fill(0);
                 }
             }
         }
@@ -460,64 +443,6 @@ impl Disk for VdiDisk {
     }
 
     fn info(&self) -> Result<ImageInfo> {
-        self.describe()
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl VdiDisk {
-    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
-    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
-        check_range(&self.path, offset, len, self.size)?;
-        let mut out = Vec::new();
-        // Runs of blocks that are contiguous in the file are probed for holes at once.
-        let mut run: Option<(u64, u64, u64)> = None; // (file offset, guest offset, len)
-        let flush_run = |run: &mut Option<(u64, u64, u64)>, out: &mut Vec<Extent>| {
-            if let Some((at, g, n)) = run.take() {
-                push_file_extents(out, &self.file, at, n, g);
-            }
-        };
-        for p in pieces(offset, len, self.block_size) {
-            let kind = match self.place(p.block) {
-                Place::Data(index) => {
-                    let at = self.data_offset(index) + p.within;
-                    match &mut run {
-                        Some((ra, _, rn)) if *ra + *rn == at => *rn += p.len,
-                        _ => {
-                            flush_run(&mut run, &mut out);
-                            run = Some((at, offset + p.at, p.len));
-                        }
-                    }
-                    continue;
-                }
-                Place::Zero => ExtentKind::Zero,
-                Place::Unallocated => match self.parent.as_deref().filter(|_| !own) {
-                    Some(parent) => {
-                        flush_run(&mut run, &mut out);
-                        crate::map_parent(Some(parent), &mut out, offset + p.at, p.len)?;
-                        continue;
-                    }
-                    None => ExtentKind::Unallocated,
-                },
-            };
-            flush_run(&mut run, &mut out);
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: offset + p.at,
-                    length: p.len,
-                    kind,
-                },
-            );
-        }
-        flush_run(&mut run, &mut out);
-        Ok(out)
-    }
-
-    fn describe(&self) -> Result<ImageInfo> {
         let allocated: u64 = self
             .map
             .iter()
@@ -573,6 +498,60 @@ impl VdiDisk {
                     .map(|_| header::uuid_text(&self.header.uuid_link)),
             })),
         })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl VdiDisk {
+    /// [`Disk::map`], or [`Disk::own_map`] when `own`.
+    fn map_layers(&self, offset: u64, len: u64, own: bool) -> Result<Vec<Extent>> {
+        check_range(&self.path, offset, len, self.size)?;
+        let mut out = Vec::new();
+        // Runs of blocks that are contiguous in the file are probed for holes at once.
+        let mut run: Option<(u64, u64, u64)> = None; // (file offset, guest offset, len)
+        let flush_run = |run: &mut Option<(u64, u64, u64)>, out: &mut Vec<Extent>| {
+            if let Some((at, g, n)) = run.take() {
+                push_file_extents(out, &self.file, at, n, g);
+            }
+        };
+        for p in pieces(offset, len, self.block_size) {
+            let kind = match self.place(p.block) {
+                Place::Data(index) => {
+                    let at = self.data_offset(index) + p.within;
+                    match &mut run {
+                        Some((ra, _, rn)) if *ra + *rn == at => *rn += p.len,
+                        _ => {
+                            flush_run(&mut run, &mut out);
+                            run = Some((at, offset + p.at, p.len));
+                        }
+                    }
+                    continue;
+                }
+                Place::Zero => ExtentKind::Zero,
+                Place::Unallocated => match self.parent.as_deref().filter(|_| !own) {
+                    Some(parent) => {
+                        flush_run(&mut run, &mut out);
+                        crate::map_parent(Some(parent), &mut out, offset + p.at, p.len)?;
+                        continue;
+                    }
+                    None => ExtentKind::Unallocated,
+                },
+            };
+            flush_run(&mut run, &mut out);
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: offset + p.at,
+                    length: p.len,
+                    kind,
+                },
+            );
+        }
+        flush_run(&mut run, &mut out);
+        Ok(out)
     }
 }
 

@@ -6,14 +6,6 @@ use super::{corrupt, metadata, VhdxDisk, VhdxParentInfo};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// How deep a chain of differencing disks may be.
-const MAX_DEPTH: u32 = 64;
-
-thread_local! {
-    /// How many parents deep the open under way on this thread is.
-    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
 impl VhdxDisk {
     /// Finds and opens the parent through the parent locator: the relative
     /// path first, then the absolute one, each checked against parent_linkage.
@@ -72,22 +64,13 @@ impl VhdxDisk {
         }
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|p| seen.insert(p.clone()));
-        let depth = DEPTH.with(|d| d.get());
-        if depth >= MAX_DEPTH {
-            return Err(Error::unsupported(
-                &path,
-                format!("the chain of parents is deeper than {MAX_DEPTH} (a loop?)"),
-            ));
-        }
+        let depth = crate::format::parent_depth(&path)?;
         for c in candidates {
             if !c.is_file() {
                 tried.push(format!("{} (not found)", c.display()));
                 continue;
             }
-            DEPTH.with(|d| d.set(depth + 1));
-            let opened = crate::format::open(&c, crate::OpenOptions { writable: false });
-            DEPTH.with(|d| d.set(depth));
-            let parent = match opened {
+            let parent = match crate::format::open_parent(&c) {
                 Ok(p) => p,
                 // The user opened this file: say so first. Deeper links pass
                 // their error up unchanged, so that it is prefixed once.
