@@ -227,11 +227,16 @@ pub async fn start(hub: &Arc<Hub>, name: &str, q: &Query, req: Request) -> ApiRe
                 .await
                 .map_err(io_err("mounting a blob"))?;
             if let (Some(_), Some(size)) = (linked, stored) {
-                hub.meta
+                // Refused while a garbage collection removes it: then the
+                // client uploads it, as when it is not there.
+                if hub
+                    .meta
                     .link_blob(name, &digest, size)
                     .await
-                    .map_err(db_err("mounting a blob"))?;
-                return Ok(blob_created(name, &d));
+                    .map_err(db_err("mounting a blob"))?
+                {
+                    return Ok(blob_created(name, &d));
+                }
             }
         }
     }
@@ -449,20 +454,61 @@ async fn complete(
         )
         .detail(serde_json::json!({ "expected": d.to_string(), "computed": got.to_string() })));
     }
+    claim(hub, d).await?;
     hub.store
         .upload_commit(id, d)
         .await
         .map_err(io_err("storing a blob"))?;
-    hub.meta
+    let linked = hub
+        .meta
         .link_blob(name, &d.to_string(), n)
         .await
         .map_err(db_err("storing a blob"))?;
+    // The bytes have left the upload either way.
     hub.meta
         .delete_upload(id)
         .await
         .map_err(db_err("storing a blob"))?;
     hub.forget_upload(id);
+    if !linked {
+        // A collection doomed the blob between the claim and the link, and
+        // may have removed the bytes just written.
+        return Err(collecting(d));
+    }
     Ok(blob_created(name, d))
+}
+
+/// How many times, and how long apart, a push asks for a blob that a
+/// garbage collection is removing before it gives up.
+const CLAIM_TRIES: u32 = 50;
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Claims blob `d` before its bytes are written (see the `gc` module),
+/// waiting a few seconds at most while a garbage collection removes it.
+pub(crate) async fn claim(hub: &Hub, d: &Digest) -> ApiResult<()> {
+    let digest = d.to_string();
+    for _ in 0..CLAIM_TRIES {
+        if hub
+            .meta
+            .claim_blob(&digest)
+            .await
+            .map_err(db_err("claiming a blob"))?
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(CLAIM_WAIT).await;
+    }
+    Err(collecting(d))
+}
+
+/// A 503: blob `d` is being removed by a garbage collection.
+pub(crate) fn collecting(d: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+        format!("blob {d} is being removed by a garbage collection; push it again"),
+    )
+    .header(header::RETRY_AFTER, "1".into())
 }
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: finishes an upload, with an

@@ -77,6 +77,28 @@ pub struct DiskRow {
     pub size: u64,
 }
 
+/// What a stored manifest references, as recorded with it: the blobs it
+/// names (config and layers) and the manifests an index lists. Each must be
+/// held by the repository when the manifest is stored.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    /// Blob digests that must be linked into the repository.
+    pub blobs: Vec<String>,
+    /// Manifest digests that must be stored in the repository.
+    pub manifests: Vec<String>,
+}
+
+/// What became of a manifest [`Metadata::put_manifest`] was asked to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// It is stored.
+    Stored,
+    /// Nothing was stored: the repository does not hold this digest.
+    Missing(String),
+    /// Nothing was stored: a garbage collection is removing this blob.
+    Collecting(String),
+}
+
 /// An upload in progress.
 #[derive(Debug, Clone)]
 pub struct UploadRow {
@@ -91,8 +113,14 @@ pub struct UploadRow {
 pub trait Metadata: Send + Sync {
     /// The size of blob `digest` if repository `repo` holds it.
     async fn repo_blob(&self, repo: &str, digest: &str) -> Result<Option<u64>>;
-    /// Records that `repo` holds blob `digest` of `size` bytes.
-    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<()>;
+    /// Records that `repo` holds blob `digest` of `size` bytes; false, and
+    /// nothing recorded, when a garbage collection has begun removing the
+    /// blob or removed it since it was last claimed (see the `gc` module).
+    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<bool>;
+    /// Before a push writes the bytes of blob `digest`: marks the blob used,
+    /// so that a collection that began earlier keeps it, and takes back one
+    /// removed before. False while a collection is removing it.
+    async fn claim_blob(&self, digest: &str) -> Result<bool>;
     /// Removes blob `digest` from `repo`; false if it was not there.
     async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool>;
     /// Records a new upload.
@@ -103,8 +131,17 @@ pub trait Metadata: Send + Sync {
     async fn set_upload_offset(&self, id: &str, offset: u64) -> Result<()>;
     /// Forgets upload `id`.
     async fn delete_upload(&self, id: &str) -> Result<()>;
-    /// Stores a manifest in `repo`, and points `tag` at it when given.
-    async fn put_manifest(&self, repo: &str, m: &ManifestRow, tag: Option<&str>) -> Result<()>;
+    /// Stores a manifest in `repo`, and points `tag` at it when given, if
+    /// the repository holds everything it references and no collection is
+    /// removing any of those blobs or the manifest's own bytes. The check
+    /// and the store are one transaction, which marks the blobs used.
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        m: &ManifestRow,
+        tag: Option<&str>,
+        refs: &References,
+    ) -> Result<Stored>;
     /// A manifest of `repo` by digest.
     async fn manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>>;
     /// The digest tag `tag` of `repo` points at.
@@ -139,7 +176,53 @@ pub trait Metadata: Send + Sync {
     async fn all_manifests(&self) -> Result<Vec<(String, String)>>;
     /// Every blob link of every repository, as (repository, digest).
     async fn all_blob_links(&self) -> Result<Vec<(String, String)>>;
+    /// Every blob's guard, by digest (see the `gc` module).
+    async fn blob_guards(&self) -> Result<std::collections::HashMap<String, Guard>>;
+    /// Garbage collection: marks blob `digest` as being removed, after which
+    /// no push can use it; returns its use count, to compare with the one
+    /// seen when the collection began.
+    async fn doom_blob(&self, digest: &str) -> Result<i64>;
+    /// Garbage collection: blob `digest` stays after all (doomed, it is
+    /// usable again).
+    async fn spare_blob(&self, digest: &str) -> Result<()>;
+    /// Garbage collection: blob `digest` (doomed) is removed.
+    async fn blob_collected(&self, digest: &str) -> Result<()>;
 }
+
+/// How a blob stands with garbage collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// In use, being removed or removed.
+    pub state: GuardState,
+    /// How many times a push has used it (claimed, linked or referenced).
+    pub uses: i64,
+}
+
+/// A blob's standing with garbage collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardState {
+    /// Usable.
+    Live,
+    /// A collection is removing it: no push may use it.
+    Doomed,
+    /// A collection removed it; a push must claim it before writing it again.
+    Collected,
+}
+
+impl GuardState {
+    fn from_db(n: i64) -> GuardState {
+        match n {
+            LIVE => GuardState::Live,
+            DOOMED => GuardState::Doomed,
+            _ => GuardState::Collected,
+        }
+    }
+}
+
+/// The states of a blob guard as stored.
+const LIVE: i64 = 0;
+const DOOMED: i64 = 1;
+const COLLECTED: i64 = 2;
 
 /// A publishing token as the database keeps it (the secret itself is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +270,10 @@ const SCHEMA: &[&str] = &[
         created TEXT NOT NULL DEFAULT '')",
     "CREATE TABLE IF NOT EXISTS settings (
         name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    // One row per blob that a push used or a collection doomed: pushes and
+    // collections change the same row, so the database orders them.
+    "CREATE TABLE IF NOT EXISTS blob_guards (
+        digest TEXT PRIMARY KEY, state BIGINT NOT NULL, uses BIGINT NOT NULL)",
 ];
 
 /// The PostgreSQL advisory lock the schema is made under: `CREATE TABLE IF
@@ -281,6 +368,32 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Counts a use of blob `digest` in transaction `tx` unless a collection
+/// is removing it or removed it: `None` when counted, else the blob's state.
+/// A blob never seen before gets its guard here.
+async fn use_blob(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    digest: &str,
+) -> Result<Option<GuardState>> {
+    let r = sqlx::query(
+        "INSERT INTO blob_guards (digest, state, uses) VALUES ($1, $2, 1)
+         ON CONFLICT (digest) DO UPDATE SET uses = blob_guards.uses + 1
+         WHERE blob_guards.state = $2",
+    )
+    .bind(digest)
+    .bind(LIVE)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT state FROM blob_guards WHERE digest = $1")
+        .bind(digest)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Some(GuardState::from_db(row.try_get("state")?)))
+}
+
 impl SqlMetadata {
     /// Opens (creating if needed) the SQLite database at `path`.
     pub async fn open_sqlite(path: &Path) -> Result<SqlMetadata> {
@@ -338,6 +451,17 @@ impl SqlMetadata {
         Ok(SqlMetadata { pool })
     }
 
+    /// Moves blob `digest`'s guard from state `from` to `to`.
+    async fn set_guard(&self, digest: &str, from: i64, to: i64) -> Result<()> {
+        sqlx::query("UPDATE blob_guards SET state = $1 WHERE digest = $2 AND state = $3")
+            .bind(to)
+            .bind(digest)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The key every hub of this database signs bearer tokens with: made
     /// by the first hub that asks, shared by all.
     pub async fn shared_token_key(&self) -> Result<[u8; 32]> {
@@ -382,7 +506,11 @@ impl Metadata for SqlMetadata {
             .transpose()
     }
 
-    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<()> {
+    async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if use_blob(&mut tx, digest).await?.is_some() {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO repo_blobs (repo, digest, size) VALUES ($1, $2, $3)
              ON CONFLICT (repo, digest) DO NOTHING",
@@ -390,9 +518,24 @@ impl Metadata for SqlMetadata {
         .bind(repo)
         .bind(digest)
         .bind(to_i64(size))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn claim_blob(&self, digest: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO blob_guards (digest, state, uses) VALUES ($1, $2, 1)
+             ON CONFLICT (digest) DO UPDATE SET state = $2, uses = blob_guards.uses + 1
+             WHERE blob_guards.state <> $3",
+        )
+        .bind(digest)
+        .bind(LIVE)
+        .bind(DOOMED)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() > 0)
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool> {
@@ -444,8 +587,47 @@ impl Metadata for SqlMetadata {
         Ok(())
     }
 
-    async fn put_manifest(&self, repo: &str, m: &ManifestRow, tag: Option<&str>) -> Result<()> {
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        m: &ManifestRow,
+        tag: Option<&str>,
+        refs: &References,
+    ) -> Result<Stored> {
         let mut tx = self.pool.begin().await?;
+        // The guards first: they are writes, so that SQLite takes its write
+        // lock before this transaction reads anything.
+        if use_blob(&mut tx, &m.digest).await?.is_some() {
+            return Ok(Stored::Collecting(m.digest.clone()));
+        }
+        for d in refs.blobs.iter().chain(&refs.manifests) {
+            match use_blob(&mut tx, d).await? {
+                None => {}
+                Some(GuardState::Collected) => return Ok(Stored::Missing(d.clone())),
+                Some(_) => return Ok(Stored::Collecting(d.clone())),
+            }
+        }
+        for (digests, q) in [
+            (
+                &refs.blobs,
+                "SELECT 1 AS one FROM repo_blobs WHERE repo = $1 AND digest = $2",
+            ),
+            (
+                &refs.manifests,
+                "SELECT 1 AS one FROM manifests WHERE repo = $1 AND digest = $2",
+            ),
+        ] {
+            for d in digests {
+                let held = sqlx::query(q)
+                    .bind(repo)
+                    .bind(d)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if held.is_none() {
+                    return Ok(Stored::Missing(d.clone()));
+                }
+            }
+        }
         sqlx::query(
             "INSERT INTO manifests
                (repo, digest, media_type, size, artifact_type, subject, annotations)
@@ -472,7 +654,8 @@ impl Metadata for SqlMetadata {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(Stored::Stored)
     }
 
     async fn manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>> {
@@ -694,6 +877,48 @@ impl Metadata for SqlMetadata {
         rows.iter()
             .map(|r| Ok((r.try_get("repo")?, r.try_get("digest")?)))
             .collect()
+    }
+
+    async fn blob_guards(&self) -> Result<std::collections::HashMap<String, Guard>> {
+        let rows = sqlx::query("SELECT digest, state, uses FROM blob_guards")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("digest")?,
+                    Guard {
+                        state: GuardState::from_db(r.try_get("state")?),
+                        uses: r.try_get("uses")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn doom_blob(&self, digest: &str) -> Result<i64> {
+        sqlx::query(
+            "INSERT INTO blob_guards (digest, state, uses) VALUES ($1, $2, 0)
+             ON CONFLICT (digest) DO UPDATE SET state = $2",
+        )
+        .bind(digest)
+        .bind(DOOMED)
+        .execute(&self.pool)
+        .await?;
+        // Read after the doom is committed: any use counted later failed.
+        let row = sqlx::query("SELECT uses FROM blob_guards WHERE digest = $1")
+            .bind(digest)
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_get("uses")
+    }
+
+    async fn spare_blob(&self, digest: &str) -> Result<()> {
+        self.set_guard(digest, DOOMED, LIVE).await
+    }
+
+    async fn blob_collected(&self, digest: &str) -> Result<()> {
+        self.set_guard(digest, DOOMED, COLLECTED).await
     }
 }
 

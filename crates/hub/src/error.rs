@@ -23,6 +23,8 @@ pub enum Code {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// Not a spec code (the distribution registry's): try again shortly.
+    Unavailable,
     /// Not a spec code: the hub itself failed (storage, database).
     Unknown,
 }
@@ -45,6 +47,7 @@ impl Code {
             Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
             Code::TooManyRequests => "TOO_MANY_REQUESTS",
+            Code::Unavailable => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
         }
     }

@@ -3,23 +3,28 @@
 //! and the uploads abandoned for longer than a grace period.
 //!
 //! It may run while hubs serve the same data, so it never removes what a
-//! push under way still needs:
+//! push under way needs:
 //! - a blob written less than the grace period ago is kept, so a push has
 //!   that long between uploading a blob and pushing the manifest naming it;
-//! - before anything is removed, the references are read again: a manifest
-//!   pushed since the collection started marks what it names, and a blob
-//!   linked into a repository since then (uploaded or mounted) is kept;
+//! - every use of a blob by a push (claiming it before writing its bytes,
+//!   linking it into a repository, storing a manifest that names it) counts
+//!   on the blob's guard row, in the transaction that records the use. The
+//!   collection reads the guards before anything else; before it removes a
+//!   blob it dooms it (a write to the same row, so the database orders the
+//!   two) and reads the count again. A changed count means a push used the
+//!   blob meanwhile, and the blob is spared; once doomed, a push that wants
+//!   it waits or is told to try again, and storing a manifest naming it
+//!   fails. So no push is told a blob is there while it is removed;
 //! - an upload is removed only once nothing has been written to it for the
 //!   grace period; its record goes before its bytes, so a crash in between
 //!   leaves only bytes for the next collection.
 //!
-//! A blob's links go before its bytes for the same reason. What it cannot
-//! close is the moment between that last check and the removal itself, in
-//! which a mount of that very blob could slip in; the pusher then sees the
-//! blob missing when it pushes the manifest, and uploads it again.
+//! A blob's links go before its bytes, and its guard says "collected" only
+//! after both; a collection that stops half-way leaves blobs doomed, and the
+//! next one finishes or spares them.
 
+use crate::db::GuardState;
 use crate::digest::Digest;
-use crate::storage::StoredBlob;
 use crate::{Hub, MAX_MANIFEST_SIZE};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -44,7 +49,7 @@ pub struct GcReport {
     /// Uploads removed, with the bytes they held.
     pub uploads: Vec<(String, u64)>,
     /// Unreferenced blobs kept because they are younger than the grace
-    /// period or were linked while the collection ran.
+    /// period or a push used them while the collection ran.
     pub kept: usize,
     /// Whether this was a dry run.
     pub dry_run: bool,
@@ -123,22 +128,15 @@ fn references(v: &Value) -> Vec<String> {
 }
 
 impl Hub {
-    /// Marks as live every manifest stored now and not marked before, and
-    /// what it references.
-    async fn mark(
-        &self,
-        marked: &mut HashSet<(String, String)>,
-        live: &mut HashSet<String>,
-    ) -> Result<(), GcError> {
+    /// Every manifest stored now and what each references: the live blobs.
+    async fn mark(&self) -> Result<HashSet<String>, GcError> {
+        let mut live = HashSet::new();
         let manifests = self
             .meta
             .all_manifests()
             .await
             .map_err(db("listing manifests"))?;
         for (repo, digest) in manifests {
-            if marked.contains(&(repo.clone(), digest.clone())) {
-                continue;
-            }
             let bad = |reason: String| GcError::Manifest {
                 repo: repo.clone(),
                 digest: digest.clone(),
@@ -153,10 +151,31 @@ impl Hub {
             let v: Value =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
             live.extend(references(&v));
-            live.insert(digest.clone());
-            marked.insert((repo, digest));
+            live.insert(digest);
         }
-        Ok(())
+        Ok(live)
+    }
+
+    /// Removes doomed blob `d`: its links (in `repos`), its bytes, then
+    /// its guard says so. If the bytes cannot be removed, the blob is spared
+    /// (it is whole, and unreferenced as before).
+    async fn remove_blob(&self, d: &Digest, repos: &[&str]) -> Result<(), GcError> {
+        let digest = d.to_string();
+        for repo in repos {
+            self.meta
+                .unlink_blob(repo, &digest)
+                .await
+                .map_err(db("removing a blob link"))?;
+        }
+        if let Err(e) = self.store.delete_blob(d).await {
+            // Best effort: if this fails too, the next collection spares it.
+            let _ = self.meta.spare_blob(&digest).await;
+            return Err(store(format!("removing blob {digest}"))(e));
+        }
+        self.meta
+            .blob_collected(&digest)
+            .await
+            .map_err(db("recording a removed blob"))
     }
 
     /// Collects garbage once: see the module documentation.
@@ -188,65 +207,77 @@ impl Hub {
             report.uploads.push((u.id, u.size));
         }
 
-        // The links are read before the blobs are listed, so that a blob
-        // stored after this point shows up as a new link below.
-        let links_before: HashSet<(String, String)> = self
+        // The guards first: a push that uses a blob after this point changes
+        // its count. Then the links: one added later has changed the count.
+        let guards = self
+            .meta
+            .blob_guards()
+            .await
+            .map_err(db("reading blob guards"))?;
+        let links = self
             .meta
             .all_blob_links()
             .await
-            .map_err(db("listing blob links"))?
-            .into_iter()
-            .collect();
+            .map_err(db("listing blob links"))?;
         let blobs = self
             .store
             .list_blobs()
             .await
             .map_err(store("listing blobs"))?;
-        let mut live = HashSet::new();
-        let mut marked = HashSet::new();
-        self.mark(&mut marked, &mut live).await?;
-        let unreferenced: Vec<StoredBlob> = blobs
-            .into_iter()
-            .filter(|b| !live.contains(&b.digest.to_string()))
-            .collect();
+        let live = self.mark().await?;
 
-        // Again, for what pushes did meanwhile.
-        self.mark(&mut marked, &mut live).await?;
-        let links_now = self
-            .meta
-            .all_blob_links()
-            .await
-            .map_err(db("listing blob links"))?;
-        let linked_since: HashSet<&str> = links_now
-            .iter()
-            .filter(|l| !links_before.contains(*l))
-            .map(|(_, d)| d.as_str())
-            .collect();
+        // Blobs doomed by a collection that stopped half-way: removed if
+        // their bytes are gone, spared if something references them, and
+        // otherwise collected below like any other.
+        if !opts.dry_run {
+            let stored: HashSet<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
+            for (digest, _) in guards.iter().filter(|(_, g)| g.state == GuardState::Doomed) {
+                if !stored.contains(digest) {
+                    self.meta
+                        .blob_collected(digest)
+                        .await
+                        .map_err(db("finishing an earlier collection"))?;
+                } else if live.contains(digest) {
+                    self.meta
+                        .spare_blob(digest)
+                        .await
+                        .map_err(db("finishing an earlier collection"))?;
+                }
+            }
+        }
 
-        for b in unreferenced {
+        for b in blobs {
             let digest = b.digest.to_string();
-            if b.modified >= cutoff
-                || live.contains(&digest)
-                || linked_since.contains(digest.as_str())
-            {
+            if live.contains(&digest) {
+                continue;
+            }
+            if b.modified >= cutoff {
                 report.kept += 1;
                 continue;
             }
-            for (repo, _) in links_now.iter().filter(|(_, d)| *d == digest) {
-                if !opts.dry_run {
-                    self.meta
-                        .unlink_blob(repo, &digest)
-                        .await
-                        .map_err(db("removing a blob link"))?;
-                }
-                report.links += 1;
-            }
+            let linked: Vec<&str> = links
+                .iter()
+                .filter(|(_, d)| *d == digest)
+                .map(|(r, _)| r.as_str())
+                .collect();
             if !opts.dry_run {
-                self.store
-                    .delete_blob(&b.digest)
+                let before = guards.get(&digest).map_or(0, |g| g.uses);
+                let now = self
+                    .meta
+                    .doom_blob(&digest)
                     .await
-                    .map_err(store(format!("removing blob {digest}")))?;
+                    .map_err(db("dooming a blob"))?;
+                if now != before {
+                    self.meta
+                        .spare_blob(&digest)
+                        .await
+                        .map_err(db("sparing a blob"))?;
+                    report.kept += 1;
+                    continue;
+                }
+                self.remove_blob(&b.digest, &linked).await?;
             }
+            report.links += linked.len();
             report.blobs.push((b.digest, b.size));
         }
         Ok(report)

@@ -4,8 +4,8 @@
 //! holds its media type, subject and artifact type, and the tags.
 
 use crate::api::Query;
-use crate::blobs::{db_err, empty, io_err, parse_digest};
-use crate::db::ManifestRow;
+use crate::blobs::{self, db_err, empty, io_err, parse_digest};
+use crate::db::{ManifestRow, References, Stored};
 use crate::digest::Digest;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::{catalogue, names, Hub, MAX_MANIFEST_SIZE};
@@ -176,7 +176,7 @@ fn descriptor(v: &Value, what: &str) -> ApiResult<(Digest, String)> {
     Ok((d, media.to_string()))
 }
 
-fn blob_missing(d: &Digest) -> ApiError {
+fn blob_missing(d: impl std::fmt::Display) -> ApiError {
     ApiError::bad(
         Code::ManifestBlobUnknown,
         "the manifest references content the repository does not hold",
@@ -186,6 +186,7 @@ fn blob_missing(d: &Digest) -> ApiError {
 
 /// What a pushed manifest says about itself, once checked.
 struct Checked {
+    refs: References,
     artifact_type: Option<String>,
     subject: Option<String>,
     annotations: Option<String>,
@@ -212,6 +213,7 @@ async fn check(hub: &Arc<Hub>, name: &str, media_type: &str, body: &[u8]) -> Api
         .and_then(Value::as_str)
         .map(str::to_string);
     let known = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST].contains(&t.as_str());
+    let mut refs = References::default();
     if known && v.get("schemaVersion").and_then(Value::as_u64) != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
     }
@@ -243,6 +245,7 @@ async fn check(hub: &Arc<Hub>, name: &str, media_type: &str, body: &[u8]) -> Api
                 return Err(blob_missing(d));
             }
         }
+        refs.blobs = wanted.iter().map(Digest::to_string).collect();
     } else if t == OCI_INDEX || t == DOCKER_LIST {
         let list = v
             .get("manifests")
@@ -256,8 +259,9 @@ async fn check(hub: &Arc<Hub>, name: &str, media_type: &str, body: &[u8]) -> Api
                 .await
                 .map_err(db_err("checking a manifest"))?;
             if held.is_none() {
-                return Err(blob_missing(&d));
+                return Err(blob_missing(d));
             }
+            refs.manifests.push(d.to_string());
         }
     }
     let subject = match v.get("subject") {
@@ -270,6 +274,7 @@ async fn check(hub: &Arc<Hub>, name: &str, media_type: &str, body: &[u8]) -> Api
         None => None,
     };
     Ok(Checked {
+        refs,
         artifact_type,
         subject,
         annotations,
@@ -307,6 +312,7 @@ pub async fn put(hub: &Arc<Hub>, name: &str, r: &str, req: Request) -> ApiResult
     let checked = check(hub, name, &media_type, &body).await?;
     let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
     let body = bytes::Bytes::from(body);
+    blobs::claim(hub, &d).await?;
     hub.store
         .put_small(&d, body.clone())
         .await
@@ -319,10 +325,18 @@ pub async fn put(hub: &Arc<Hub>, name: &str, r: &str, req: Request) -> ApiResult
         subject: checked.subject.clone(),
         annotations: checked.annotations,
     };
-    hub.meta
-        .put_manifest(name, &row, tag)
+    // Checked again with the store, in one transaction: a garbage
+    // collection may have removed a blob since.
+    match hub
+        .meta
+        .put_manifest(name, &row, tag, &checked.refs)
         .await
-        .map_err(db_err("storing a manifest"))?;
+        .map_err(db_err("storing a manifest"))?
+    {
+        Stored::Stored => {}
+        Stored::Missing(d) => return Err(blob_missing(d)),
+        Stored::Collecting(d) => return Err(blobs::collecting(d)),
+    }
     if row.artifact_type.as_deref() == Some(catalogue::MACHINE_ARTIFACT_TYPE) {
         let digest = d.to_string();
         catalogue::record(hub, name, tag.unwrap_or(&digest), &digest, &body).await;
