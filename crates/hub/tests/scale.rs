@@ -475,4 +475,8 @@ fn garbage_collection_works_on_s3() {
         assert_eq!((got.status, got.body.as_slice()), (200, layer.as_slice()));
         assert_eq!(c.get("/v2/team/gc/manifests/v1").body, m);
     }
+    // Removed, the blob can be pushed again, and is whole.
+    cb.push_blob("team/gc", &stray);
+    let got = ca.get(&format!("/v2/team/gc/blobs/{stray_d}"));
+    assert_eq!((got.status, got.body), (200, stray));
 }
