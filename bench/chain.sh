@@ -18,6 +18,8 @@
 #   ONLY=merge       skip the read chain and its timings: merges only
 #   VMHUB_ALT=path   a second vmhub binary whose merges are timed too,
 #                    interleaved with the others (to compare two builds)
+#   SETTLE=5         seconds to wait after preparing each merge run, before
+#                    timing it (0: none)
 #
 # What is built (all disks 2 GiB, dynamic VHDs with 2 MiB blocks):
 #   base       512 MiB of random data in 512 non-overlapping 1 MiB runs at seeded
@@ -53,7 +55,12 @@
 #              target is for the VHD merge). Before every run both chains are copied
 #              fresh from pristine copies, `sync` runs, and then the cache is made
 #              cold (drop_caches, as root) or warm (the chain's files read), alike
-#              for both tools. Runs of the two tools are interleaved.
+#              for both tools, and then nothing runs for $SETTLE seconds: storage
+#              just written (about 1 GiB of copies) goes on working after `sync`
+#              returns, and a run timed at once pays for it in some rounds and
+#              not others (removing the merged child took 0.3 s or 0.8–0.9 s
+#              from one run to the next; 0.3–0.5 s after a pause of 5 s). Runs of
+#              the two tools are interleaved.
 # The ratios compare medians; a line after them gives, for information, the
 # median of each round's ratio (vmhub's run over the qemu-img run beside it),
 # which a drift of the storage's speed during the benchmark moves less.
@@ -65,6 +72,7 @@ set -euo pipefail
 
 COUNT=${COUNT:-20000}
 REPS=${REPS:-3}
+SETTLE=${SETTLE:-5}
 SEED=${SEED:-20261124}
 MiB=$((1 << 20))
 GiB=$((1 << 30))
@@ -121,7 +129,7 @@ echo "load:     $(uptime | sed 's/.*load average/load average/')"
 [[ -r /proc/pressure/io ]] && echo "io psi:   $(head -1 /proc/pressure/io)"
 echo "storage:  $(dd if=/dev/zero of=dd.tmp bs=1M count=256 conv=fdatasync 2>&1 | tail -1 | sed 's/.*copied, //') (dd 256 MiB, conv=fdatasync)"
 rm -f dd.tmp
-echo "caches:   $( ((cold_ok)) && echo 'cold = sync + drop_caches' || echo 'cannot drop caches (not root): cold = sync only')"
+echo "caches:   $( ((cold_ok)) && echo 'cold = sync + drop_caches' || echo 'cannot drop caches (not root): cold = sync only'); then ${SETTLE} s idle before each merge"
 echo "seed:     $SEED"
 echo
 
@@ -289,6 +297,7 @@ prepare() { # DIR MODE [RUN]: fresh copies of the chain in RUN (default run-DIR)
     cp -r --sparse=always "$dir" "$run"
     make_cold
     if [[ $mode = warm ]]; then cat "$run"/* >/dev/null; fi
+    sleep "$SETTLE"
 }
 one_merge() { # KEY DIR FUNC MODE [RUN]
     local key=$1 dir=$2 func=$3 mode=$4 run=${5:-} t0 t1

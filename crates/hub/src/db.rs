@@ -596,14 +596,22 @@ impl Metadata for SqlMetadata {
     ) -> Result<Stored> {
         let mut tx = self.pool.begin().await?;
         // The guards first: they are writes, so that SQLite takes its write
-        // lock before this transaction reads anything.
-        if use_blob(&mut tx, &m.digest).await?.is_some() {
-            return Ok(Stored::Collecting(m.digest.clone()));
-        }
-        for d in refs.blobs.iter().chain(&refs.manifests) {
+        // lock before this transaction reads anything. In sorted order, so
+        // that two pushes naming the same blobs never wait for each other in
+        // a circle. The manifest's own bytes were claimed before they were
+        // written: if they are collected since, it is pushed again.
+        let guarded: std::collections::BTreeSet<&String> = refs
+            .blobs
+            .iter()
+            .chain(&refs.manifests)
+            .chain(std::iter::once(&m.digest))
+            .collect();
+        for d in guarded {
             match use_blob(&mut tx, d).await? {
                 None => {}
-                Some(GuardState::Collected) => return Ok(Stored::Missing(d.clone())),
+                Some(GuardState::Collected) if *d != m.digest => {
+                    return Ok(Stored::Missing(d.clone()))
+                }
                 Some(_) => return Ok(Stored::Collecting(d.clone())),
             }
         }

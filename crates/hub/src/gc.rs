@@ -27,7 +27,7 @@ use crate::db::GuardState;
 use crate::digest::Digest;
 use crate::{Hub, MAX_MANIFEST_SIZE};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How a collection runs.
@@ -214,11 +214,15 @@ impl Hub {
             .blob_guards()
             .await
             .map_err(db("reading blob guards"))?;
-        let links = self
+        let all_links = self
             .meta
             .all_blob_links()
             .await
             .map_err(db("listing blob links"))?;
+        let mut links: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (repo, digest) in &all_links {
+            links.entry(digest).or_default().push(repo);
+        }
         let blobs = self
             .store
             .list_blobs()
@@ -255,11 +259,7 @@ impl Hub {
                 report.kept += 1;
                 continue;
             }
-            let linked: Vec<&str> = links
-                .iter()
-                .filter(|(_, d)| *d == digest)
-                .map(|(r, _)| r.as_str())
-                .collect();
+            let linked = links.get(digest.as_str()).map_or(&[][..], Vec::as_slice);
             if !opts.dry_run {
                 let before = guards.get(&digest).map_or(0, |g| g.uses);
                 let now = self
@@ -275,7 +275,7 @@ impl Hub {
                     report.kept += 1;
                     continue;
                 }
-                self.remove_blob(&b.digest, &linked).await?;
+                self.remove_blob(&b.digest, linked).await?;
             }
             report.links += linked.len();
             report.blobs.push((b.digest, b.size));
