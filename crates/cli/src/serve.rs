@@ -245,7 +245,7 @@ async fn gc(hub: &hub::Hub, grace: std::time::Duration, dry_run: bool) -> Result
     writeln!(
         out,
         "vmhub: {verb} {} blob(s), {} blob link(s) and {} upload(s): {} bytes {}; \
-         kept {} unreferenced blob(s) younger than {}s or linked meanwhile",
+         kept {} unreferenced blob(s) younger than {}s or used by a push meanwhile",
         report.blobs.len(),
         report.links,
         report.uploads.len(),
