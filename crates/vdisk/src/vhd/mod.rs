@@ -112,6 +112,9 @@ struct Dynamic {
 /// past that the cache starts over.
 const MAX_CACHED_BITMAPS: usize = 32 << 10;
 
+/// The page size that new blocks' data is aligned to in the file.
+const PAGE: u64 = 4096;
+
 /// Reads the trusted footer of a VHD file: the one at the end, else the 511-byte
 /// legacy one, else (dynamic disks) the copy at offset 0.
 pub(crate) fn read_footer(
@@ -322,10 +325,10 @@ impl VhdDisk {
 
     /// Hints that `[offset, offset+len)` is about to be overwritten: the pages
     /// the write covers only in part must be read first, so storage is asked
-    /// for those alone (a block's data starts 512 bytes into a page, after
-    /// its sector bitmap, so nearly every write has such edges).
+    /// for those alone (where a block's data starts 512 bytes into a page,
+    /// after its sector bitmap, as other tools lay blocks out, nearly every
+    /// write has such edges).
     pub fn prefetch_edges(&self, offset: u64, len: u64) {
-        const PAGE: u64 = 4096;
         let edge = |at: u64| {
             if at % PAGE != 0 {
                 prefetch(&self.file, at - at % PAGE, PAGE);
@@ -599,7 +602,11 @@ impl Dynamic {
     /// Places block `block` at the end of the file and writes the footer after
     /// it. The BAT entry and bitmap reach the disk at the next flush.
     fn allocate(&mut self, file: &File, path: &Path, footer: &Footer, block: u64) -> Result<u64> {
-        let pos = self.footer_pos;
+        // The block's data starts on a page (its bitmap just before it), so
+        // that whole-page writes never read a page back first and each page
+        // of the file caches one block's sectors; up to 3.5 KiB before it
+        // is left unused (a hole, or the footer that ended the file).
+        let pos = (self.footer_pos + self.bitmap_size).next_multiple_of(PAGE) - self.bitmap_size;
         let sector = u32::try_from(pos / 512)
             .ok()
             .filter(|&s| s != bat::UNUSED)

@@ -280,9 +280,9 @@ pub fn cases() -> Vec<Case> {
     let footer_len = FOOTER_SIZE;
     let data_end = fixed.image.0.len() - footer_len;
     // Layout of the dynamic base: footer copy, header at 512, BAT at 1536, blocks
-    // from 2048 (sector 4) on.
+    // from 3584 (sector 7) on, each bitmap just before a page of data.
     let table_at = 1536;
-    let first_block_sector = 4;
+    let first_block_sector = 7;
     let mut cases = vec![
         // Valid images, so that every case below differs from a clean one by its
         // one defect.
