@@ -732,6 +732,49 @@ fn partially_present_blocks_read_by_their_sector_bitmap() {
     libvhdi_agrees(&child, Some(&base), &expect);
 }
 
+#[test]
+fn a_block_written_again_ignores_bits_left_from_before() {
+    // A block not present in the child reads its parent whatever its sector
+    // bitmap holds; bits may be left set there (the block was present once).
+    // Writing part of the block again makes the child hold those sectors
+    // alone: the rest still read the parent.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let size: u64 = 8 << 20;
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&base)
+        .arg(size.to_string()));
+    qemu_io(&base, &["write -P 0xA5 0 8M".into()]);
+    let child = dir.path().join("child.vhdx");
+    drop(new_child(&child, &base));
+    let mut b = std::fs::read(&child).unwrap();
+    let (_, _, bat_off) = layout(&b);
+    let bitmap_at = (b.len() as u64).div_ceil(1 << 20) << 20;
+    b.resize((bitmap_at + (1 << 20)) as usize, 0);
+    let bs: u64 = 2 << 20;
+    let chunk_ratio = (1u64 << 23) * 512 / bs;
+    b[(bat_off + chunk_ratio * 8) as usize..][..8]
+        .copy_from_slice(&bat::entry(bat::SB_PRESENT, bitmap_at).to_le_bytes());
+    // Block 1 is not present, with every bit of it set.
+    let first_bit = bs / 512;
+    b[(bitmap_at + first_bit / 8) as usize..][..(bs / 512 / 8) as usize].fill(0xFF);
+    std::fs::write(&child, &b).unwrap();
+    let mut expect = vec![0xA5u8; size as usize];
+    assert!(vmhub_read(&child) == expect);
+    let mut c = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    c.write_at(&[0xD4; 4096], bs + 4096).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    expect[(bs + 4096) as usize..][..4096].fill(0xD4);
+    assert!(
+        vmhub_read(&child) == expect,
+        "sectors never written read the parent"
+    );
+    assert!(vdisk::check(&child).unwrap().clean);
+    libvhdi_agrees(&child, Some(&base), &expect);
+}
+
 /// Blocks past the first chunk: their BAT entries come after a sector bitmap
 /// entry (16 blocks of 256 MiB per chunk with 512-byte sectors).
 #[test]

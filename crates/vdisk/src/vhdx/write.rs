@@ -104,24 +104,45 @@ impl VhdxDisk {
     /// Marks sectors `[first, end)` of `block` present in its chunk's bitmap
     /// (in memory until the next flush).
     fn set_bits(&mut self, block: u64, first: u64, end: u64) -> Result<()> {
+        self.mark_bits(block, first, end, true)
+    }
+
+    /// Marks sectors `[first, end)` of `block` present in its chunk's bitmap,
+    /// or not present (in memory until the next flush).
+    fn mark_bits(&mut self, block: u64, first: u64, end: u64, present: bool) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
         let bm = self.ensure_bitmap(chunk)?;
         let base = self.geo.bitmap_bit(block);
-        for bit in base + first..base + end {
-            let byte = bm + bit / 8;
-            let page_at = byte / PAGE * PAGE;
-            if !self.bitmap_pages.contains_key(&page_at) {
-                let mut page = vec![0u8; PAGE as usize];
-                self.store.read(
-                    &mut page,
-                    page_at,
-                    format_args!("sector bitmap of chunk {chunk}"),
-                )?;
+        let (mut bit, stop) = (base + first, base + end);
+        while bit < stop {
+            let page_at = (bm + bit / 8) / PAGE * PAGE;
+            // The bits of this page, up to the first of the next one.
+            let page_stop = ((page_at + PAGE - bm) * 8).min(stop);
+            let (mut page, mut changed) = match self.bitmap_pages.remove(&page_at) {
+                Some(page) => (page, true),
+                None => {
+                    let mut page = vec![0u8; PAGE as usize];
+                    self.store.read(
+                        &mut page,
+                        page_at,
+                        format_args!("sector bitmap of chunk {chunk}"),
+                    )?;
+                    (page, false)
+                }
+            };
+            for b in bit..page_stop {
+                if let Some(byte) = page.get_mut((bm + b / 8 - page_at) as usize) {
+                    let mask = 1u8 << (b % 8);
+                    let new = if present { *byte | mask } else { *byte & !mask };
+                    changed |= new != *byte;
+                    *byte = new;
+                }
+            }
+            // A page read and left as it was has nothing to write.
+            if changed {
                 self.bitmap_pages.insert(page_at, page);
             }
-            if let Some(page) = self.bitmap_pages.get_mut(&page_at) {
-                page[(byte - page_at) as usize] |= 1 << (bit % 8);
-            }
+            bit = page_stop;
         }
         Ok(())
     }
@@ -144,6 +165,9 @@ impl VhdxDisk {
         let at = if bat::state(ent) == bat::PARTIALLY_PRESENT {
             self.block_offset(block, ent)?
         } else {
+            // Bits of a block not present mean nothing and may be left from
+            // before: only the sectors written now are the child's.
+            self.mark_bits(block, 0, self.geo.block_size / sector, false)?;
             self.allocate(block, bat::PARTIALLY_PRESENT)?
         };
         let len = data.len() as u64;
