@@ -718,12 +718,7 @@ fn compact_harness_vhdx() {
     // so that compaction drops blocks and moves others; each iteration
     // compacts a fresh copy.
     let template = dir.path().join("vhdx.template");
-    let opts = CreateOptions {
-        format: vdisk::Format::Vhdx,
-        block_size: Some(1 << 20),
-        ..CreateOptions::default()
-    };
-    vdisk::create(&template, BIG, &opts, false).unwrap();
+    vdisk::create(&template, BIG, &vhdx_1m(), false).unwrap();
     let mut model = vec![0u8; BIG as usize];
     scatter(&template, &mut model, 0xc0c0);
     {
@@ -734,21 +729,66 @@ fn compact_harness_vhdx() {
         }
         d.flush().unwrap();
     }
-    let template_bytes = std::fs::read(&template).unwrap();
-    let img = dir.path().join("img.vhdx");
-    std::fs::copy(&template, &img).unwrap();
+    kill_vhdx_compactions(dir.path(), &template, &model, "", 0xc0ac7);
+}
+
+#[test]
+fn compact_harness_vhdx_differencing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A differencing VHDX over a dynamic one: scattered data of its own
+    // (some of its blocks partly present), and blocks written whole or in
+    // part with what the parent holds there, which compaction drops.
+    let base = dir.path().join("base.vhdx");
+    vdisk::create(&base, BIG, &vhdx_1m(), false).unwrap();
+    let mut parent = vec![0u8; BIG as usize];
+    scatter(&base, &mut parent, 0xba5e);
+    let template = dir.path().join("child.template");
+    vdisk::create_child_as(vdisk::Format::Vhdx, &template, &base, Some(1 << 20), false).unwrap();
+    let mut model = parent.clone();
+    scatter(&template, &mut model, 0xd1ff);
+    {
+        let mut d = vdisk::open(&template, OpenOptions { writable: true }).unwrap();
+        for (i, block) in (0..BIG).step_by(4 << 20).enumerate() {
+            let len = if i % 2 == 0 { 1 << 20 } else { 300 << 10 };
+            let range = block as usize..block as usize + len;
+            d.write_at(&parent[range.clone()], block).unwrap();
+            model[range.clone()].copy_from_slice(&parent[range]);
+        }
+        d.flush().unwrap();
+    }
+    kill_vhdx_compactions(dir.path(), &template, &model, " differencing", 0xd1ac7);
+}
+
+fn vhdx_1m() -> CreateOptions {
+    CreateOptions {
+        format: vdisk::Format::Vhdx,
+        block_size: Some(1 << 20),
+        ..CreateOptions::default()
+    }
+}
+
+/// Kills compactions of fresh copies of `template` (made in `dir`, beside
+/// its parent if it has one) at random moments: each must leave a disk
+/// that checks clean and reads as `model` once opened for writing (which
+/// replays what the kill left in the log).
+fn kill_vhdx_compactions(dir: &Path, template: &Path, model: &[u8], label: &str, seed: u64) {
+    let template_bytes = std::fs::read(template).unwrap();
+    let img = dir.join("img.vhdx");
+    std::fs::copy(template, &img).unwrap();
+    assert!(read_big(&img) == model);
     let span = span_of(&[
         ("CRASH_JOB", std::ffi::OsStr::new("compact-vhdx")),
         ("CRASH_IMG", img.as_os_str()),
     ]);
     let compacted = std::fs::metadata(&img).unwrap().len();
     assert!(compacted < template_bytes.len() as u64);
+    assert!(read_big(&img) == model);
 
-    let mut rng = 0xc0ac7_u64;
+    let mut rng = seed;
     let (mut killed, mut inside, mut done) = (0, 0, 0);
     for iter in 0..ITERATIONS {
         rng = splitmix(rng);
-        std::fs::copy(&template, &img).unwrap();
+        std::fs::copy(template, &img).unwrap();
         let was_killed = kill_during("compact-vhdx", &[("CRASH_IMG", img.as_os_str())], rng, span);
         killed += was_killed as u64;
         inside += (was_killed && std::fs::read(&img).unwrap() != template_bytes) as u64;
@@ -762,11 +802,11 @@ fn compact_harness_vhdx() {
         );
     }
     eprintln!(
-        "{killed} of {ITERATIONS} VHDX compactions killed within {span} ms, {inside} of them after the image had changed ({done} left compacted)"
+        "{killed} of {ITERATIONS}{label} VHDX compactions killed within {span} ms, {inside} of them after the image had changed ({done} left compacted)"
     );
     assert!(
         inside >= ITERATIONS / 8,
-        "only {inside} compactions were killed after the image had changed"
+        "only {inside}{label} compactions were killed after the image had changed"
     );
 }
 

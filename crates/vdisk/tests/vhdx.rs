@@ -1096,6 +1096,88 @@ fn merging_a_vhdx_chain_leaves_a_disk_qemu_reads_the_same() {
 }
 
 #[test]
+fn compacting_a_differencing_vhdx_drops_the_blocks_that_hide_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    const M: u64 = 1 << 20;
+    let size = 16 * M;
+    let base = dir.path().join("base.vhdx");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&base)
+        .arg(size.to_string()));
+    // The parent holds data in blocks 0-7 and 12; 8-11 and 13-15 are empty.
+    qemu_io(
+        &base,
+        &["write -P 0x5a 0 8M".into(), "write -P 0x6b 12M 1M".into()],
+    );
+    let mut expect = vec![0u8; size as usize];
+    expect[..8 * M as usize].fill(0x5a);
+    expect[12 * M as usize..13 * M as usize].fill(0x6b);
+    let child = dir.path().join("child.vhdx");
+    let mut d = vdisk::vhdx::create_child(
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&child)
+            .unwrap(),
+        &child,
+        &base,
+        Some(M),
+    )
+    .unwrap();
+    // (offset, bytes, whether the block hides something afterwards)
+    let writes: [(u64, Vec<u8>, bool); 8] = [
+        (2 * M, vec![0x5a; M as usize], false), // the parent's data, whole block
+        (4 * M + 8192, vec![0x5a; 4096], false), // the parent's data, a part
+        (12 * M + 512, vec![0x6b; 1024], false), // the same, another block
+        (9 * M, vec![0; M as usize], false),    // zeros over zeros
+        (5 * M, vec![0x77; M as usize], true),  // new data, whole block
+        (6 * M + 4096, vec![0x78; 512], true),  // new data, a part
+        (10 * M + 65536, vec![0x79; 700], true), // new data over nothing
+        (7 * M + 3 * 512, vec![0; 512], true),  // zeros over data
+    ];
+    for (o, b, _) in &writes {
+        d.write_at(b, *o).unwrap();
+        expect[*o as usize..*o as usize + b.len()].copy_from_slice(b);
+    }
+    d.flush().unwrap();
+    drop(d);
+    assert!(vmhub_read(&child) == expect);
+    let base_bytes = file_sha(&base);
+    let before = std::fs::metadata(&child).unwrap().len();
+    let (b, a) = vdisk::ops::compact::compact(&child, &[], &mut |_, _| {}).unwrap();
+    assert_eq!(b, before);
+    let after = std::fs::metadata(&child).unwrap().len();
+    assert_eq!(a, after);
+    // Four of the eight blocks written go: 4 MiB less.
+    assert!(after + 4 * M <= before, "{before} -> {after}");
+    assert!(vmhub_read(&child) == expect, "the chain reads as before");
+    assert!(vdisk::check(&child).unwrap().clean);
+    libvhdi_agrees(&child, Some(&base), &expect);
+    let c = vdisk::open(&child, OpenOptions::default()).unwrap();
+    for (o, _, kept) in &writes {
+        let block = o / M * M;
+        let own = c.own_map(block, M).unwrap();
+        let held = own.iter().any(|e| e.kind != ExtentKind::Unallocated);
+        assert_eq!(held, *kept, "block at {block}: {own:?}");
+    }
+    drop(c);
+    // A block dropped and written again in part holds only what is written.
+    let mut c = vdisk::open(&child, OpenOptions { writable: true }).unwrap();
+    c.write_at(&[0xE1; 512], 4 * M + 512).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    expect[(4 * M + 512) as usize..][..512].fill(0xE1);
+    assert!(vmhub_read(&child) == expect);
+    // A second compaction changes nothing it reads; the parent never changed.
+    let again = vdisk::ops::compact::compact(&child, &[], &mut |_, _| {}).unwrap();
+    assert!(again.1 <= again.0);
+    assert!(vmhub_read(&child) == expect);
+    assert_eq!(file_sha(&base), base_bytes);
+}
+
+#[test]
 fn compacting_drops_empty_blocks_moves_the_rest_and_qemu_reads_the_same() {
     let dir = tempfile::tempdir().unwrap();
     const M: u64 = 1 << 20;

@@ -1,9 +1,13 @@
-//! `img compact` of a dynamic VHDX, in place, as Optimize-VHD does.
+//! `img compact` of a dynamic or differencing VHDX, in place, as Optimize-VHD
+//! does.
 //!
-//! 1. Payload blocks that read as zeros (or whose only other bytes lie in
-//!    ranges the caller says are free, such as a filesystem's free space)
-//!    leave the BAT, in one transaction of the log, and their space is
-//!    punched out of the file.
+//! 1. Payload blocks that hold nothing leave the BAT, in one transaction of
+//!    the log, and their space is punched out of the file. In a dynamic disk
+//!    those are the blocks that read as zeros; in a differencing disk, the
+//!    blocks that read the same as the parent, which then reads there again
+//!    (their sector bits are cleared in the same transaction). Bytes in
+//!    ranges the caller says are free (a filesystem's free space) count as
+//!    nothing in both.
 //! 2. Blocks near the end of the file are copied into the free places nearer
 //!    its start; once the copies are synced, their BAT entries move to them
 //!    in a second transaction.
@@ -20,7 +24,7 @@ use super::header::{ALIGN, HEADER_SECTION};
 use super::store::read_regions;
 use super::VhdxDisk;
 use crate::io::{file_len, is_zero, punch_hole, sync_data, write_all_at};
-use crate::{Error, Result};
+use crate::{Disk, Error, Result};
 use std::path::Path;
 
 /// Bytes read or copied at a time.
@@ -39,8 +43,9 @@ pub struct Compacted {
     pub moved: u64,
 }
 
-/// Compacts the dynamic VHDX at `path`; the byte ranges `free` of the
-/// virtual disk (sorted `(offset, length)`) may be dropped whatever they hold.
+/// Compacts the dynamic or differencing VHDX at `path`; the byte ranges
+/// `free` of the virtual disk (sorted `(offset, length)`) may be dropped
+/// whatever they hold (a differencing disk then reads its parent's there).
 pub fn compact(
     path: &Path,
     free: &[(u64, u64)],
@@ -48,13 +53,10 @@ pub fn compact(
 ) -> Result<Compacted> {
     let file = crate::format::open_file(path, true)?;
     let before = file_len(&file, path)?;
-    let mut disk = VhdxDisk::load(file, path, true, false)?;
-    if disk.meta.has_parent {
-        return Err(Error::unsupported(
-            path,
-            "compacting a differencing VHDX is not supported; `vmhub img merge` it into its parent, or `vmhub img convert` it to a new disk",
-        ));
-    }
+    let dup = file.try_clone().map_err(|e| Error::io(path, "dup", e))?;
+    let differencing = VhdxDisk::load(dup, path, false, false)?.meta.has_parent;
+    // A differencing disk's blocks are compared with its parent's data.
+    let mut disk = VhdxDisk::load(file, path, true, differencing)?;
     if disk.meta.leave_blocks_allocated {
         return Err(Error::InvalidArgument(format!(
             "{}: a fixed VHDX keeps every block in the file; `vmhub img convert --type dynamic` it to make a smaller copy",
@@ -67,16 +69,26 @@ pub fn compact(
 
     // 1. Blocks that hold nothing.
     let mut buf = vec![0u8; PIECE.min(bs) as usize];
+    let mut theirs = Vec::new();
+    if differencing {
+        theirs = buf.clone();
+    }
     let mut empty = Vec::new();
     for block in 0..blocks {
         progress(block, blocks);
         let e = disk.entry(block);
-        if bat::state(e) != bat::FULLY_PRESENT {
-            continue;
-        }
-        let at = disk.block_offset(block, e)?;
-        if disk.holds_nothing(block, at, &mut buf, free)? {
-            empty.push((block, at));
+        let nothing = match bat::state(e) {
+            bat::FULLY_PRESENT | bat::PARTIALLY_PRESENT if differencing => {
+                disk.hides_nothing(block, &mut buf, &mut theirs, free)?
+            }
+            bat::FULLY_PRESENT => {
+                let at = disk.block_offset(block, e)?;
+                disk.holds_nothing(block, at, &mut buf, free)?
+            }
+            _ => false,
+        };
+        if nothing {
+            empty.push((block, disk.block_offset(block, e)?));
         }
     }
     if !empty.is_empty() {
@@ -86,6 +98,11 @@ pub fn compact(
                 disk.geo.payload_index(block),
                 bat::entry(bat::NOT_PRESENT, 0),
             );
+            if differencing {
+                // Not needed to read the parent there, but a later write
+                // into the block then starts from clear bits.
+                disk.mark_bits(block, 0, bs / disk.geo.sector, false)?;
+            }
         }
         disk.commit_bat()?;
         for &(_, at) in &empty {
@@ -111,7 +128,7 @@ pub fn compact(
             let present = if disk.geo.is_bitmap_index(i) {
                 bat::state(e) == bat::SB_PRESENT
             } else {
-                bat::state(e) == bat::FULLY_PRESENT
+                matches!(bat::state(e), bat::FULLY_PRESENT | bat::PARTIALLY_PRESENT)
             };
             present.then(|| (bat::offset(e), i))
         })
@@ -229,6 +246,45 @@ impl VhdxDisk {
                 return Ok(false);
             }
             pos += n;
+        }
+        Ok(true)
+    }
+
+    /// Whether payload block `block` of a differencing disk reads the same
+    /// as the parent there, outside the virtual disk's `free` ranges: `mine`
+    /// and `theirs` are buffers of the same length.
+    fn hides_nothing(
+        &self,
+        block: u64,
+        mine: &mut [u8],
+        theirs: &mut [u8],
+        free: &[(u64, u64)],
+    ) -> Result<bool> {
+        let bs = self.geo.block_size;
+        let start = block * bs;
+        let end = (start + bs).min(self.geo.virtual_size);
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(mine.len() as u64).min(theirs.len() as u64) as usize;
+            let (a, b) = (&mut mine[..n], &mut theirs[..n]);
+            self.read_at(a, pos)?;
+            self.read_parent(b, pos)?;
+            // Bytes inside free ranges count as the parent's.
+            let first = free.partition_point(|&(fs, fl)| fs.saturating_add(fl) <= pos);
+            for &(fs, fl) in free.get(first..).unwrap_or_default() {
+                if fs >= pos + n as u64 {
+                    break;
+                }
+                let (s, e) = (fs.max(pos), fs.saturating_add(fl).min(pos + n as u64));
+                if s < e {
+                    let r = (s - pos) as usize..(e - pos) as usize;
+                    a[r.clone()].copy_from_slice(&b[r]);
+                }
+            }
+            if a != b {
+                return Ok(false);
+            }
+            pos += n as u64;
         }
         Ok(true)
     }

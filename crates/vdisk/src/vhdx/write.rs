@@ -109,7 +109,13 @@ impl VhdxDisk {
 
     /// Marks sectors `[first, end)` of `block` present in its chunk's bitmap,
     /// or not present (in memory until the next flush).
-    fn mark_bits(&mut self, block: u64, first: u64, end: u64, present: bool) -> Result<()> {
+    pub(super) fn mark_bits(
+        &mut self,
+        block: u64,
+        first: u64,
+        end: u64,
+        present: bool,
+    ) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
         let bm = self.ensure_bitmap(chunk)?;
         let base = self.geo.bitmap_bit(block);
