@@ -60,7 +60,8 @@
 #              returns, and a run timed at once pays for it in some rounds and
 #              not others (removing the merged child took 0.3 s or 0.8–0.9 s
 #              from one run to the next; 0.3–0.5 s after a pause of 5 s). Runs of
-#              the two tools are interleaved.
+#              the tools are interleaved, and each round starts with the next
+#              tool in turn, so that none always runs first.
 # The ratios compare medians; a line after them gives, for information, the
 # median of each round's ratio (vmhub's run over the qemu-img run beside it),
 # which a drift of the storage's speed during the benchmark moves less.
@@ -313,12 +314,17 @@ median() {
         awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f %.3f", m, a[1], a[NR]}'
 }
 modes=(cold warm)
+runs=("vmhub vhd vmhub_merge" "qemu qcow2 qemu_commit" "vmhubq qcow2 vmhub_qcow2_merge")
+[[ -z ${VMHUB_ALT:-} ]] || runs+=("alt vhd alt_merge")
 for mode in "${modes[@]}"; do
     for ((r = 0; r < REPS; r++)); do
-        one_merge vmhub vhd vmhub_merge "$mode"
-        one_merge qemu qcow2 qemu_commit "$mode"
-        one_merge vmhubq qcow2 vmhub_qcow2_merge "$mode" run-vmhub-qcow2
-        [[ -z ${VMHUB_ALT:-} ]] || one_merge alt vhd alt_merge "$mode"
+        # Each round starts with the next tool, so none is always first.
+        for ((i = 0; i < ${#runs[@]}; i++)); do
+            read -r key dir func <<<"${runs[(r + i) % ${#runs[@]}]}"
+            run=
+            [[ $key != vmhubq ]] || run=run-vmhub-qcow2
+            one_merge "$key" "$dir" "$func" "$mode" $run
+        done
     done
 done
 # The last run of each tool is checked.
