@@ -1175,6 +1175,29 @@ fn compacting_a_differencing_vhdx_drops_the_blocks_that_hide_nothing() {
     assert!(again.1 <= again.0);
     assert!(vmhub_read(&child) == expect);
     assert_eq!(file_sha(&base), base_bytes);
+
+    // A child of whole blocks only has no sector bitmap, and compacting it
+    // makes none: the file loses the block dropped.
+    let whole = dir.path().join("whole.vhdx");
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&whole)
+        .unwrap();
+    let mut d = vdisk::vhdx::create_child(f, &whole, &base, Some(M)).unwrap();
+    d.write_at(&vec![0x5a; M as usize], M).unwrap();
+    d.write_at(&vec![0x3c; M as usize], 3 * M).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let mut expect = vec![0u8; size as usize];
+    expect[..8 * M as usize].fill(0x5a);
+    expect[12 * M as usize..13 * M as usize].fill(0x6b);
+    expect[3 * M as usize..4 * M as usize].fill(0x3c);
+    let (before, after) = vdisk::ops::compact::compact(&whole, &[], &mut |_, _| {}).unwrap();
+    assert!(after + M <= before, "{before} -> {after}");
+    assert!(vmhub_read(&whole) == expect);
+    assert!(vdisk::check(&whole).unwrap().clean);
 }
 
 #[test]
@@ -1230,15 +1253,17 @@ fn compacting_drops_empty_blocks_moves_the_rest_and_qemu_reads_the_same() {
     let again = vdisk::vhdx::compact::compact(&img, &[], &mut |_, _| {}).unwrap();
     assert_eq!((again.dropped, again.moved, again.after), (0, 0, c.after));
 
-    // A fixed disk and a differencing one are refused, unchanged.
+    // A fixed disk is refused, unchanged.
     let fixed = dir.path().join("fixed.vhdx");
     vdisk::create(&fixed, 8 * M, &vhdx_opts(ImageType::Fixed, None), false).unwrap();
-    for p in [&fixed, &child] {
-        let bytes = std::fs::read(p).unwrap();
-        let e = vdisk::vhdx::compact::compact(p, &[], &mut |_, _| {}).unwrap_err();
-        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
-        assert!(std::fs::read(p).unwrap() == bytes);
-    }
+    let bytes = std::fs::read(&fixed).unwrap();
+    let e = vdisk::vhdx::compact::compact(&fixed, &[], &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains(&fixed.display().to_string()), "{e}");
+    assert!(std::fs::read(&fixed).unwrap() == bytes);
+    // The child, which holds nothing of its own, has nothing to drop.
+    let mine = vdisk::vhdx::compact::compact(&child, &[], &mut |_, _| {}).unwrap();
+    assert_eq!((mine.dropped, mine.moved), (0, 0));
+    assert!(vmhub_read(&child) == content);
 }
 
 /// `relink` of a differencing VHDX: the child follows its parent to a folder

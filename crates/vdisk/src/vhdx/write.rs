@@ -117,6 +117,15 @@ impl VhdxDisk {
         present: bool,
     ) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
+        let i = self.geo.bitmap_index(chunk);
+        let has_bitmap = self
+            .bat
+            .get(i as usize)
+            .is_some_and(|&e| bat::state(e) == bat::SB_PRESENT);
+        if !present && !has_bitmap {
+            // No bitmap block: no bit is set to clear.
+            return Ok(());
+        }
         let bm = self.ensure_bitmap(chunk)?;
         let base = self.geo.bitmap_bit(block);
         let (mut bit, stop) = (base + first, base + end);
