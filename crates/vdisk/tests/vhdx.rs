@@ -1175,6 +1175,14 @@ fn compacting_a_differencing_vhdx_drops_the_blocks_that_hide_nothing() {
     assert!(again.1 <= again.0);
     assert!(vmhub_read(&child) == expect);
     assert_eq!(file_sha(&base), base_bytes);
+    // Ranges said to be free count as the parent's: block 5 goes, and part
+    // of block 6 is not enough for it to go.
+    let free = [(5 * M, M), (6 * M, 4096)];
+    let (b, a) = vdisk::ops::compact::compact(&child, &free, &mut |_, _| {}).unwrap();
+    assert!(a + M <= b, "{b} -> {a}");
+    expect[5 * M as usize..6 * M as usize].fill(0x5a);
+    assert!(vmhub_read(&child) == expect);
+    assert!(vdisk::check(&child).unwrap().clean);
 
     // A child of whole blocks only has no sector bitmap, and compacting it
     // makes none: the file loses the block dropped.

@@ -212,6 +212,24 @@ pub fn compact(
     })
 }
 
+/// The parts of the virtual disk's `[pos, pos + n)` that lie in the sorted
+/// ranges `free`, as ranges of a buffer holding it.
+fn free_within(
+    free: &[(u64, u64)],
+    pos: u64,
+    n: u64,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let first = free.partition_point(|&(fs, fl)| fs.saturating_add(fl) <= pos);
+    free.get(first..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(move |&&(fs, _)| fs < pos + n)
+        .filter_map(move |&(fs, fl)| {
+            let (s, e) = (fs.max(pos), fs.saturating_add(fl).min(pos + n));
+            (s < e).then(|| (s - pos) as usize..(e - pos) as usize)
+        })
+}
+
 impl VhdxDisk {
     /// Whether payload block `block`, at file offset `at`, holds only zeros
     /// outside the virtual disk's `free` ranges (and past its end).
@@ -232,15 +250,8 @@ impl VhdxDisk {
             self.store
                 .read(piece, at + (pos - start), format_args!("block {block}"))?;
             // Bytes inside free ranges count as zeros.
-            let first = free.partition_point(|&(fs, fl)| fs.saturating_add(fl) <= pos);
-            for &(fs, fl) in free.get(first..).unwrap_or_default() {
-                if fs >= pos + n {
-                    break;
-                }
-                let (s, e) = (fs.max(pos), fs.saturating_add(fl).min(pos + n));
-                if s < e {
-                    piece[(s - pos) as usize..(e - pos) as usize].fill(0);
-                }
+            for r in free_within(free, pos, n) {
+                piece[r].fill(0);
             }
             if !is_zero(piece) {
                 return Ok(false);
@@ -270,16 +281,8 @@ impl VhdxDisk {
             self.read_at(a, pos)?;
             self.read_parent(b, pos)?;
             // Bytes inside free ranges count as the parent's.
-            let first = free.partition_point(|&(fs, fl)| fs.saturating_add(fl) <= pos);
-            for &(fs, fl) in free.get(first..).unwrap_or_default() {
-                if fs >= pos + n as u64 {
-                    break;
-                }
-                let (s, e) = (fs.max(pos), fs.saturating_add(fl).min(pos + n as u64));
-                if s < e {
-                    let r = (s - pos) as usize..(e - pos) as usize;
-                    a[r.clone()].copy_from_slice(&b[r]);
-                }
+            for r in free_within(free, pos, n as u64) {
+                a[r.clone()].copy_from_slice(&b[r]);
             }
             if a != b {
                 return Ok(false);
