@@ -657,21 +657,30 @@ fn differencing_chains_read_through_their_parents() {
     );
 }
 
-#[test]
-fn partially_present_blocks_read_by_their_sector_bitmap() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.vhdx");
-    let size: u64 = 8 << 20;
+/// An 8 MiB base.vhdx made by qemu-img (1 MiB blocks) reading 0xA5
+/// throughout, and an empty child.vhdx over it (2 MiB blocks) in `dir`:
+/// their paths, the child's bytes and its BAT's offset in them, for tests
+/// that lay the child's blocks out by hand.
+fn child_of_an_a5_base(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>, u64) {
+    let base = dir.join("base.vhdx");
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
         .arg(&base)
-        .arg(size.to_string()));
+        .arg((8u64 << 20).to_string()));
     qemu_io(&base, &["write -P 0xA5 0 8M".into()]);
-    let child = dir.path().join("child.vhdx");
+    let child = dir.join("child.vhdx");
     drop(new_child(&child, &base));
-    // Block 1 (2 MiB blocks) partially present: sectors 0-7 and 100 in the child.
-    let mut b = std::fs::read(&child).unwrap();
+    let b = std::fs::read(&child).unwrap();
     let (_, _, bat_off) = layout(&b);
+    (base, child, b, bat_off)
+}
+
+#[test]
+fn partially_present_blocks_read_by_their_sector_bitmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 8 << 20;
+    let (base, child, mut b, bat_off) = child_of_an_a5_base(dir.path());
+    // Block 1 (2 MiB blocks) partially present: sectors 0-7 and 100 in the child.
     let end = (b.len() as u64).div_ceil(1 << 20) << 20;
     let (block_at, bitmap_at) = (end, end + (2 << 20));
     b.resize((bitmap_at + (1 << 20)) as usize, 0);
@@ -739,17 +748,8 @@ fn a_block_written_again_ignores_bits_left_from_before() {
     // Writing part of the block again makes the child hold those sectors
     // alone: the rest still read the parent.
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.vhdx");
     let size: u64 = 8 << 20;
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
-        .arg(&base)
-        .arg(size.to_string()));
-    qemu_io(&base, &["write -P 0xA5 0 8M".into()]);
-    let child = dir.path().join("child.vhdx");
-    drop(new_child(&child, &base));
-    let mut b = std::fs::read(&child).unwrap();
-    let (_, _, bat_off) = layout(&b);
+    let (base, child, mut b, bat_off) = child_of_an_a5_base(dir.path());
     let bitmap_at = (b.len() as u64).div_ceil(1 << 20) << 20;
     b.resize((bitmap_at + (1 << 20)) as usize, 0);
     let bs: u64 = 2 << 20;

@@ -53,10 +53,12 @@ pub fn compact(
 ) -> Result<Compacted> {
     let file = crate::format::open_file(path, true)?;
     let before = file_len(&file, path)?;
-    let dup = file.try_clone().map_err(|e| Error::io(path, "dup", e))?;
-    let differencing = VhdxDisk::load(dup, path, false, false)?.meta.has_parent;
-    // A differencing disk's blocks are compared with its parent's data.
-    let mut disk = VhdxDisk::load(file, path, true, differencing)?;
+    let mut disk = VhdxDisk::load(file, path, true, false)?;
+    let differencing = disk.meta.has_parent;
+    if differencing {
+        // Its blocks are compared with the parent's data.
+        disk.open_parent()?;
+    }
     if disk.meta.leave_blocks_allocated {
         return Err(Error::InvalidArgument(format!(
             "{}: a fixed VHDX keeps every block in the file; `vmhub img convert --type dynamic` it to make a smaller copy",
@@ -69,26 +71,31 @@ pub fn compact(
 
     // 1. Blocks that hold nothing.
     let mut buf = vec![0u8; PIECE.min(bs) as usize];
-    let mut theirs = Vec::new();
-    if differencing {
-        theirs = buf.clone();
-    }
+    let mut theirs = if differencing {
+        vec![0u8; buf.len()]
+    } else {
+        Vec::new()
+    };
     let mut empty = Vec::new();
     for block in 0..blocks {
         progress(block, blocks);
         let e = disk.entry(block);
-        let nothing = match bat::state(e) {
-            bat::FULLY_PRESENT | bat::PARTIALLY_PRESENT if differencing => {
-                disk.hides_nothing(block, &mut buf, &mut theirs, free)?
-            }
-            bat::FULLY_PRESENT => {
-                let at = disk.block_offset(block, e)?;
-                disk.holds_nothing(block, at, &mut buf, free)?
-            }
+        let in_file = match bat::state(e) {
+            bat::FULLY_PRESENT => true,
+            bat::PARTIALLY_PRESENT => differencing,
             _ => false,
         };
+        if !in_file {
+            continue;
+        }
+        let at = disk.block_offset(block, e)?;
+        let nothing = if differencing {
+            disk.hides_nothing(block, &mut buf, &mut theirs, free)?
+        } else {
+            disk.holds_nothing(block, at, &mut buf, free)?
+        };
         if nothing {
-            empty.push((block, disk.block_offset(block, e)?));
+            empty.push((block, at));
         }
     }
     if !empty.is_empty() {

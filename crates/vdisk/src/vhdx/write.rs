@@ -82,11 +82,16 @@ impl VhdxDisk {
         Ok(at)
     }
 
+    /// The BAT index of the sector bitmap block of `chunk`, and its entry.
+    fn bitmap_entry(&self, chunk: u64) -> (u64, u64) {
+        let i = self.geo.bitmap_index(chunk);
+        (i, self.bat.get(i as usize).copied().unwrap_or(0))
+    }
+
     /// The file offset of the sector bitmap block of `chunk`, placed at the
     /// end of the file (all clear) when it has none.
     fn ensure_bitmap(&mut self, chunk: u64) -> Result<u64> {
-        let i = self.geo.bitmap_index(chunk);
-        let e = self.bat.get(i as usize).copied().unwrap_or(0);
+        let (i, e) = self.bitmap_entry(chunk);
         if bat::state(e) == bat::SB_PRESENT {
             if bat::offset(e) < HEADER_SECTION {
                 return Err(corrupt(
@@ -117,12 +122,7 @@ impl VhdxDisk {
         present: bool,
     ) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
-        let i = self.geo.bitmap_index(chunk);
-        let has_bitmap = self
-            .bat
-            .get(i as usize)
-            .is_some_and(|&e| bat::state(e) == bat::SB_PRESENT);
-        if !present && !has_bitmap {
+        if !present && bat::state(self.bitmap_entry(chunk).1) != bat::SB_PRESENT {
             // No bitmap block: no bit is set to clear.
             return Ok(());
         }
